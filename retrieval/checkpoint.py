@@ -1,0 +1,111 @@
+"""One checkpoint file: format tag, version, config, vocabulary, weights and metrics.
+
+Everything in it is a tensor or plain data, so it loads with ``torch.load(weights_only=True)``:
+a file that needs pickled code to load is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrieval.config import ModelConfig
+from retrieval.errors import CheckpointError
+from retrieval.model import DualEncoder
+from retrieval.tokenizer import Vocabulary
+
+FORMAT = "vlsearch-checkpoint"
+VERSION = 1
+DEFAULT_MODEL_NAME = "default_model.pt"
+
+
+def default_model_path() -> Path:
+    """The shipped default model (package ``vlsearch_data``, the repository's ``data/`` folder)."""
+    return Path(str(resources.files("vlsearch_data").joinpath(DEFAULT_MODEL_NAME)))
+
+
+def model_identity(config: dict[str, Any], vocab: list[str], state_dict: dict[str, torch.Tensor]) -> str:
+    """A content hash of config, vocabulary and weights: equal models have equal identities."""
+    digest = hashlib.sha256(json.dumps([config, vocab], sort_keys=True).encode())
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(model: DualEncoder, path: str | os.PathLike, metrics: dict[str, Any] | None = None,
+                    train_config: dict[str, Any] | None = None) -> str:
+    """Write ``model`` atomically to ``path``; returns its identity."""
+    config = asdict(model.config)
+    vocab = model.vocab.to_list()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    identity = model_identity(config, vocab, state)
+    payload = {"format": FORMAT, "version": VERSION, "identity": identity, "config": config, "vocab": vocab,
+               "state_dict": state, "metrics": metrics or {}, "train_config": train_config or {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    model.identity = identity
+    return identity
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate the raw payload (weights only: no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # UnpicklingError for pickled objects, RuntimeError for corrupt zips
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CheckpointError(f"{path}: not a safe vlsearch checkpoint ({first_line})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a vlsearch checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported "
+                              f"(this vlsearch reads version {VERSION})")
+    return payload
+
+
+def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+               with_image: bool = True) -> DualEncoder:
+    """Rebuild a model from a checkpoint alone, in eval mode. ``path=None`` loads the default model.
+
+    ``with_image=False`` skips building the CNN: a text query needs only the GRU branch.
+    """
+    payload = read_checkpoint(path if path is not None else default_model_path())
+    config = ModelConfig.from_dict(payload["config"])
+    model = DualEncoder(config, Vocabulary(list(payload["vocab"])), with_image=with_image, pretrained=False)
+    state = payload["state_dict"]
+    if not with_image:
+        state = {k: v for k, v in state.items() if not k.startswith("image.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0]})") from exc
+    model.identity = str(payload["identity"])
+    return model.to(device).eval()
+
+
+def checkpoint_summary(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Config, identity, vocabulary size and stored metrics, without building the model."""
+    payload = read_checkpoint(path if path is not None else default_model_path())
+    return {"identity": payload["identity"], "config": payload["config"], "vocab_size": len(payload["vocab"]),
+            "metrics": payload.get("metrics", {}), "train_config": payload.get("train_config", {})}

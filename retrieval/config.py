@@ -1,0 +1,51 @@
+"""Configuration dataclasses. A checkpoint stores ``asdict(ModelConfig)`` and rebuilds the model from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a :class:`retrieval.model.DualEncoder` (besides the vocabulary)."""
+
+    backbone: str = "resnet18"  # any torchvision classification model name
+    weights: str = "none"  # "none" | "imagenet" | path to a state-dict file for the backbone
+    image_size: int = 224  # square input side in pixels (64-224 typical)
+    pool: str = "avg"  # "avg": global average pool; "grid2": 2x2 average pool, keeps coarse position
+    embed_dim: int = 512  # size of the joint space
+    word_dim: int = 300  # word-embedding size
+    hidden_size: int = 512  # GRU hidden size (per direction)
+    gru_layers: int = 1
+    bidirectional: bool = False
+    freeze_backbone: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a stored dict, ignoring keys that a newer version may have added."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for :func:`retrieval.train.train`."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 2e-4  # for new layers (projections, text branch, from-scratch backbone)
+    backbone_lr_scale: float = 0.1  # multiplier on lr for a *pretrained* backbone
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0  # linear LR warm-up, then cosine decay
+    grad_clip: float = 2.0
+    loss: str = "infonce"  # "infonce" | "hinge" (VSE++ hardest negative) | "hinge-sum"
+    margin: float = 0.2  # hinge margin
+    hinge_warmup_epochs: int = 1  # with loss="hinge": sum over negatives for these epochs first
+    augment: bool = True  # random resized crops + flips for training images
+    flip: bool = True  # horizontal flips (turn off when captions speak of left/right)
+    workers: int = 2  # DataLoader decoding workers
+    precision: str = "auto"  # "auto" | "fp32" | "bf16"
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    seed: int = 0
+    feature_cache: bool = False  # with a frozen backbone: compute image features once
+    min_word_count: int = 1  # vocabulary threshold

@@ -1,0 +1,64 @@
+"""Device, precision and thread settings shared by training, indexing and search."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+from retrieval.errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 autocast only pays on CPUs with native bf16/AMX/AVX512 support (measured in BENCHMARKS.md)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ConfigError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
+    if device.type == "cuda" or cpu_supports_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass; a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Keep torch's intra-op threads explicit: ``VLSEARCH_THREADS`` or all cores by default."""
+    if threads is None:
+        threads = int(os.environ.get("VLSEARCH_THREADS", "0")) or (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+@contextlib.contextmanager
+def inference_mode() -> Iterator[None]:
+    with torch.inference_mode():
+        yield

@@ -1,0 +1,154 @@
+"""The dual encoder: a torchvision CNN and a GRU, both ending in L2-normalised vectors of one joint space.
+
+The model only *encodes*; :mod:`retrieval.loss` turns encodings into a training signal.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from retrieval.config import ModelConfig
+from retrieval.errors import ConfigError
+from retrieval.tokenizer import PAD_ID, Vocabulary
+
+POOL_GRID = {"avg": 1, "grid2": 2}
+
+
+def available_backbones() -> list[str]:
+    """Names accepted by ``--backbone``: torchvision's classification models."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_model(name: str, weights: str) -> nn.Module:
+    import torchvision
+
+    if name not in available_backbones():
+        raise ConfigError(f"unknown backbone {name!r}; choose one of torchvision's models, e.g. resnet18, resnet50, "
+                          "mobilenet_v3_small, efficientnet_b0")
+    if weights == "imagenet":
+        try:
+            return torchvision.models.get_model(name, weights="DEFAULT")
+        except Exception as exc:  # no cache and no network, or a corrupt download
+            raise ConfigError(
+                f"could not get ImageNet weights for {name} ({exc.__class__.__name__}: {exc}); download the file "
+                f"elsewhere and pass it with --weights PATH (a torchvision state dict for {name})") from exc
+    model = torchvision.models.get_model(name, weights=None)
+    if weights not in ("none", "", None):
+        path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(f"--weights must be none, imagenet or an existing file; {weights!r} is none of these")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except Exception as exc:
+            raise ConfigError(f"{path}: not a state dict for {name} ({exc})") from exc
+    return model
+
+
+def _feature_trunk(model: nn.Module) -> nn.Module:
+    """The convolutional part of a classifier: everything before global pooling and the head."""
+    if hasattr(model, "features"):  # mobilenet, efficientnet, convnext, densenet, vgg, ...
+        return model.features
+    children = dict(model.named_children())
+    if "avgpool" in children:  # resnet, resnext, wide_resnet, regnet, shufflenet-like
+        names = list(children)
+        return nn.Sequential(*(children[n] for n in names[: names.index("avgpool")]))
+    raise ConfigError(f"backbone {model.__class__.__name__} has no recognisable feature trunk")
+
+
+class ImageEncoder(nn.Module):
+    """CNN trunk -> pooled features -> linear projection -> L2-normalised [B, D]."""
+
+    def __init__(self, config: ModelConfig, pretrained: bool = True):
+        super().__init__()
+        if config.pool not in POOL_GRID:
+            raise ConfigError(f"unknown pool {config.pool!r}: use avg or grid2")
+        weights = config.weights if pretrained else "none"
+        self.trunk = _feature_trunk(_torchvision_model(config.backbone, weights))
+        self.pool = nn.AdaptiveAvgPool2d(POOL_GRID[config.pool])
+        with torch.no_grad():  # infer the trunk's channel count once
+            was_training = self.trunk.training
+            channels = self.trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+            self.trunk.train(was_training)
+        self.feature_dim = channels * POOL_GRID[config.pool] ** 2
+        self.proj = nn.Linear(self.feature_dim, config.embed_dim)
+        if config.freeze_backbone:
+            self.trunk.requires_grad_(False)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> pooled trunk features [B, F] (what a feature cache stores)."""
+        return self.pool(self.trunk(images)).flatten(1)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, F] -> [B, D], unit length."""
+        return F.normalize(self.proj(features.float()), dim=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(images))
+
+
+class TextEncoder(nn.Module):
+    """Word embeddings -> GRU over packed sequences -> projection -> L2-normalised [B, D]."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, config.word_dim, padding_idx=PAD_ID)
+        self.gru = nn.GRU(config.word_dim, config.hidden_size, num_layers=config.gru_layers,
+                          batch_first=True, bidirectional=config.bidirectional)
+        directions = 2 if config.bidirectional else 1
+        self.proj = nn.Linear(config.hidden_size * directions, config.embed_dim)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens [B, L] (padded with 0), lengths [B] -> [B, D]."""
+        words = self.embed(tokens)  # [B, L, W]
+        packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, hidden = self.gru(packed)  # [layers * dirs, B, H]
+        dirs = 2 if self.gru.bidirectional else 1
+        last = hidden[-dirs:].transpose(0, 1).reshape(tokens.shape[0], -1)  # [B, H * dirs]
+        return F.normalize(self.proj(last), dim=-1)
+
+
+def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> (tokens [B, Lmax] padded with 0, lengths [B])."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    tokens = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return tokens, lengths
+
+
+class DualEncoder(nn.Module):
+    """Both branches plus the vocabulary. ``image`` is None when loaded for text queries only."""
+
+    def __init__(self, config: ModelConfig, vocab: Vocabulary, *, with_image: bool = True, pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.vocab = vocab
+        self.image = ImageEncoder(config, pretrained) if with_image else None
+        self.text = TextEncoder(config, len(vocab))
+        self.identity = ""  # content hash, set by the checkpoint loader
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] normalised pixels -> [B, D] unit vectors."""
+        if self.image is None:
+            raise RuntimeError("this model was loaded without its image branch")
+        return self.image(images)
+
+    def encode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens [B, L], lengths [B] -> [B, D] unit vectors."""
+        return self.text(tokens, lengths)
+
+    def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> padded token ids and lengths, on the model's device."""
+        tokens, lengths = pad_batch([self.vocab.encode(c) for c in captions])
+        return tokens.to(self.text.embed.weight.device), lengths
+
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        """Convenience: raw strings -> [B, D]."""
+        return self.encode_text(*self.tokenize(captions))
