@@ -1,0 +1,137 @@
+"""``vlsearch train`` and ``vlsearch eval``: thin shells over :func:`retrieval.train.train` and
+:func:`retrieval.evaluate.evaluate_model`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from retrieval.captions import FORMATS
+
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+
+
+def _warn_missing(captions_set, label: str) -> None:  # type: ignore[no-untyped-def]
+    if captions_set.missing:
+        shown = ", ".join(captions_set.missing[:3])
+        click.echo(f"warning: {len(captions_set.missing)} {label} images not found, skipped (e.g. {shown})", err=True)
+
+
+@click.command()
+@click.option("--captions", "captions_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Captions file: COCO JSON, Karpathy JSON, Flickr token file, JSONL, CSV or TSV.")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder the image names resolve against (default: the captions file's folder).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the best checkpoint.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--val-captions", type=click.Path(dir_okay=False, path_type=Path),
+              help="A separate validation captions file (default: the 'val' split of --captions).")
+@click.option("--split", default="train", show_default=True, help="Split of --captions to train on.")
+@click.option("--backbone", default="resnet18", show_default=True, help="Any torchvision classification model.")
+@click.option("--weights", default="none", show_default=True, help="none, imagenet, or a backbone state-dict file.")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 1024))
+@click.option("--pool", type=click.Choice(["avg", "grid2"]), default="avg", show_default=True,
+              help="grid2 keeps coarse position (helps captions about left/right/above/below).")
+@click.option("--embed-dim", default=512, show_default=True, type=click.IntRange(2, 8192))
+@click.option("--hidden-size", default=512, show_default=True, type=click.IntRange(2, 8192))
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(2, 100000))
+@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--loss", type=click.Choice(["infonce", "hinge", "hinge-sum"]), default="infonce", show_default=True)
+@click.option("--margin", default=0.2, show_default=True, type=float)
+@click.option("--freeze-backbone", is_flag=True, help="Train only the projections and the text branch.")
+@click.option("--feature-cache", is_flag=True, help="With --freeze-backbone: compute image features once.")
+@click.option("--no-augment", is_flag=True, help="No random crops/flips (images are then decoded once, in memory).")
+@click.option("--no-flip", is_flag=True, help="No horizontal flips (when captions say left/right).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64))
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str, val_captions: Path | None,
+          split: str, backbone: str, weights: str, image_size: int, pool: str, embed_dim: int, hidden_size: int,
+          epochs: int, batch_size: int, lr: float, loss: str, margin: float, freeze_backbone: bool,
+          feature_cache: bool, no_augment: bool, no_flip: bool, workers: int, device: str, seed: int) -> None:
+    """Train a model on captioned images; keeps the best epoch by validation rsum.
+
+    \b
+    Example:
+      vlsearch train --captions annotations/dataset_coco.json --images coco/ \\
+          --backbone resnet50 --weights imagenet --out coco.pt
+    """
+    from tqdm import tqdm
+
+    from retrieval.captions import load_captions
+    from retrieval.config import ModelConfig, TrainConfig
+    from retrieval.train import EpochEvent, train as run_training
+
+    train_set = load_captions(captions_path, images_dir, fmt, split=split)
+    val_set = (load_captions(val_captions, images_dir, fmt) if val_captions
+               else load_captions(captions_path, images_dir, fmt, split="val"))
+    _warn_missing(train_set, "training")
+    _warn_missing(val_set, "validation")
+    model_config = ModelConfig(backbone=backbone, weights=weights, image_size=image_size, pool=pool,
+                               embed_dim=embed_dim, hidden_size=hidden_size, freeze_backbone=freeze_backbone)
+    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, margin=margin,
+                               augment=not no_augment, flip=not no_flip, workers=workers, device=device, seed=seed,
+                               feature_cache=feature_cache)
+    click.echo(f"training on {len(train_set.items)} images / {train_set.caption_count} captions, "
+               f"validating on {len(val_set.items)} images", err=True)
+    bar: list[tqdm] = []
+
+    def on_event(event) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(event, EpochEvent):
+            bar.pop().close()
+            t2i = event.metrics.t2i
+            click.echo(f"epoch {event.epoch}: loss {event.loss:.4f} ({event.loss_name}), {event.images_per_s:.0f} "
+                       f"images/s, val t2i R@1/5/10 {t2i.r1:.1f}/{t2i.r5:.1f}/{t2i.r10:.1f}, rsum "
+                       f"{event.metrics.rsum:.1f}{' (best, saved)' if event.best else ''}"
+                       f"{'  WARNING: embeddings collapsed' if event.collapsed else ''}", err=True)
+            return
+        if not bar:
+            bar.append(tqdm(total=event.steps, desc=f"epoch {event.epoch}", unit="batch", leave=False,
+                            disable=None))
+        bar[0].set_postfix(loss=f"{event.loss:.3f}", img_s=f"{event.images_per_s:.0f}")
+        bar[0].update(1)
+
+    result = run_training(train_set.items, val_set.items, model_config, train_config, out_path, on_event)
+    if result.skipped_images:
+        click.echo(f"warning: {len(result.skipped_images)} unreadable images skipped "
+                   f"(e.g. {', '.join(result.skipped_images[:3])})", err=True)
+    click.echo(f"best epoch {result.best_epoch} (rsum {result.best.rsum:.1f}) saved to {result.path} "
+               f"[model {result.identity}]")
+
+
+@click.command("eval")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to evaluate (default: the shipped default model).")
+@click.option("--captions", "captions_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--split", default="test", show_default=True,
+              help="Split to evaluate; files without splits are evaluated whole.")
+@click.option("--folds", default=1, show_default=True, type=click.IntRange(1, 100),
+              help="Average over this many image folds (5 = COCO-1K protocol).")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def eval_command(model_path: Path | None, captions_path: Path, images_dir: Path | None, fmt: str, split: str,
+                 folds: int, device: str, as_json: bool) -> None:
+    """Evaluate a model: text->image and image->text R@1/5/10, median/mean rank and rsum.
+
+    \b
+    Example:
+      vlsearch eval --model coco.pt --captions annotations/dataset_coco.json --images coco/ --folds 5
+    """
+    from retrieval.evaluate import evaluate_model
+
+    result, captions_set = evaluate_model(model_path, captions_path, images_dir, fmt=fmt, split=split, folds=folds,
+                                          device=device)
+    _warn_missing(captions_set, "evaluation")
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(f"{result.images} images, {result.captions} captions")
+    click.echo(f"{'':6}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'medr':>7}{'meanr':>8}")
+    for name, recall in (("t2i", result.t2i), ("i2t", result.i2t)):
+        click.echo(f"{name:6}{recall.r1:7.1f}{recall.r5:7.1f}{recall.r10:7.1f}{recall.medr:7.0f}{recall.meanr:8.1f}")
+    click.echo(f"rsum {result.rsum:.1f}")

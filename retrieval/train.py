@@ -1,0 +1,241 @@
+"""Training loop: contrastive learning of the dual encoder, validated by recall after every epoch.
+
+The best epoch by validation rsum is kept. From-scratch VSE++ (hardest negative) can collapse in its
+first epoch (every embedding equal, loss stuck at 2 x margin); ``hinge_warmup_epochs`` sums over
+negatives first, and every epoch reports whether the image embeddings have collapsed.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from retrieval.captions import ImageCaptions
+from retrieval.checkpoint import save_checkpoint
+from retrieval.config import ModelConfig, TrainConfig
+from retrieval.data import Batch, PairDataset, cache_images, collate, normalize_uint8, open_rgb
+from retrieval.device import autocast, resolve_device, resolve_precision, set_threads
+from retrieval.errors import CaptionsError
+from retrieval.evaluate import EvalResult, embed_set, folded_metrics
+from retrieval.loss import make_loss
+from retrieval.model import DualEncoder
+from retrieval.tokenizer import Vocabulary
+from retrieval.transforms import train_transform
+
+COLLAPSE_SIMILARITY = 0.95  # mean cosine between different images above this = collapsed
+
+
+@dataclass
+class StepEvent:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    images_per_s: float
+
+
+@dataclass
+class EpochEvent:
+    epoch: int
+    loss: float
+    images_per_s: float
+    seconds: float
+    metrics: EvalResult
+    best: bool
+    collapsed: bool
+    loss_name: str
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    identity: str
+    best_epoch: int
+    best: EvalResult
+    history: list[EpochEvent] = field(default_factory=list)
+    skipped_images: list[str] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to 5 % of the base rate."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+class _ImageSource:
+    """How training gets image tensors: an in-memory cache (uint8 pixels or frozen-trunk features),
+    or decoding with augmentation in DataLoader workers."""
+
+    def __init__(self, model: DualEncoder, items: Sequence[ImageCaptions], config: TrainConfig,
+                 device: torch.device, dtype: torch.dtype, augment: bool):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.items = items
+        size = model.config.image_size
+        self.streaming = augment
+        self.features = False
+        self.failed: list[str] = []  # images that could not be decoded, dropped from training
+        if self.streaming:
+            self.transform = train_transform(size, augment=True, flip=config.flip)
+            self.cache = None
+            return
+        self.cache, failed = cache_images(items, size)
+        if failed:
+            keep = [i for i in range(len(items)) if i not in set(failed)]
+            self.failed = [str(items[i].image) for i in failed]
+            self.cache, self.items = self.cache[keep], [items[i] for i in keep]
+        if config.feature_cache and model.config.freeze_backbone:
+            self.cache = self._trunk_features(self.cache)
+            self.features = True
+
+    def _trunk_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.model.image.trunk.eval()
+        chunks = []
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            for start in range(0, len(pixels), 256):
+                chunks.append(self.model.image.features(self._prepare(pixels[start:start + 256])).float().cpu())
+        return torch.cat(chunks)
+
+    def load(self, index: int) -> torch.Tensor | None:
+        if self.cache is not None:
+            return self.cache[index]
+        try:
+            return self.transform(open_rgb(str(self.items[index].image)))
+        except (OSError, ValueError):
+            return None
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = normalize_uint8(images)
+        if self.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch from :meth:`load` -> unit vectors [B, D]."""
+        if self.features:
+            return self.model.image.project(images.to(self.device))
+        return self.model.encode_image(self._prepare(images))
+
+
+def _evaluate(model: DualEncoder, source: _ImageSource, items: Sequence[ImageCaptions]) -> tuple[EvalResult, bool]:
+    """Validation recall, and whether the image embeddings have collapsed onto one point."""
+    model.eval()
+    images, texts, caption_image = embed_set(
+        model, items, lambda indices: source.embed(torch.stack([source.load(i) for i in indices])),
+        source.device, source.dtype)
+    sample = images[:256]
+    off_diagonal = (sample @ sample.T)[~np.eye(len(sample), dtype=bool)]
+    collapsed = len(sample) > 1 and float(off_diagonal.mean()) > COLLAPSE_SIMILARITY
+    return folded_metrics(images, texts, caption_image), collapsed
+
+
+def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaptions], model_config: ModelConfig,
+          config: TrainConfig, out_path: str | Path,
+          on_event: Callable[[StepEvent | EpochEvent], None] | None = None) -> TrainResult:
+    """Train a new model on ``train_items``, validate on ``val_items`` every epoch, keep the best at ``out_path``."""
+    if not train_items or not val_items:
+        raise CaptionsError("training needs at least one training image and one validation image")
+    seed_everything(config.seed)
+    set_threads()
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    vocab = Vocabulary.build((c for item in train_items for c in item.captions), config.min_word_count)
+    model = DualEncoder(model_config, vocab).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    train_source = _ImageSource(model, train_items, config, device, dtype, augment=config.augment)
+    val_source = _ImageSource(model, val_items, config, device, dtype, augment=False)
+    train_items, val_items = train_source.items, val_source.items
+    skipped = train_source.failed + val_source.failed
+    if not train_items or not val_items:
+        raise CaptionsError(f"no readable images left to train on ({len(skipped)} could not be decoded)")
+    # streaming: an unreadable file makes load() return None and collate drops it
+    dataset = PairDataset(train_items, vocab, train_source.load, seed=config.seed)
+    loader_kwargs = {"num_workers": config.workers, "persistent_workers": False} if train_source.streaming else {}
+    loss_fn = make_loss(config.loss, config.margin).to(device)
+    warm_loss_fn = make_loss("hinge-sum", config.margin).to(device) if config.loss == "hinge" else loss_fn
+
+    pretrained_backbone = model_config.weights != "none"
+    backbone = [p for p in model.image.trunk.parameters() if p.requires_grad]
+    backbone_ids = {id(p) for p in backbone}
+    rest = [p for p in list(model.parameters()) + list(loss_fn.parameters())
+            if p.requires_grad and id(p) not in backbone_ids]
+    groups = [{"params": rest, "lr": config.lr}]
+    if backbone and not train_source.features:
+        groups.append({"params": backbone, "lr": config.lr * (config.backbone_lr_scale if pretrained_backbone else 1)})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(steps_per_epoch * config.epochs, max(1, int(config.warmup_epochs * steps_per_epoch))))
+
+    best: TrainResult | None = None
+    history: list[EpochEvent] = []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        if model_config.freeze_backbone:
+            model.image.trunk.eval()  # frozen BatchNorm statistics stay as loaded
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
+                            drop_last=len(dataset) > config.batch_size, **loader_kwargs)
+        active_loss = warm_loss_fn if epoch <= config.hinge_warmup_epochs else loss_fn
+        started, seen, total_loss = time.perf_counter(), 0, 0.0
+        for step, batch in enumerate(loader, 1):
+            loss = _train_step(model, train_source, active_loss, batch, device, dtype, optimizer, config.grad_clip)
+            scheduler.step()
+            seen += len(batch.tokens)
+            total_loss += loss
+            if on_event:
+                on_event(StepEvent(epoch, step, len(loader), loss, seen / (time.perf_counter() - started)))
+        seconds = time.perf_counter() - started
+        metrics, collapsed = _evaluate(model, val_source, val_items)
+        improved = best is None or metrics.rsum > best.best.rsum
+        if improved:
+            identity = save_checkpoint(model, out_path, metrics={"val": metrics.to_dict(), "epoch": epoch},
+                                       train_config=asdict(config))
+            best = TrainResult(Path(out_path), identity, epoch, metrics)
+        loss_name = "hinge-sum" if active_loss is not loss_fn else config.loss
+        event = EpochEvent(epoch, total_loss / max(1, len(loader)), seen / seconds, seconds, metrics, improved,
+                           collapsed, loss_name)
+        history.append(event)
+        if on_event:
+            on_event(event)
+    assert best is not None
+    best.history = history
+    best.skipped_images = skipped
+    return best
+
+
+def _train_step(model: DualEncoder, source: _ImageSource, loss_fn: torch.nn.Module, batch: Batch,
+                device: torch.device, dtype: torch.dtype, optimizer: torch.optim.Optimizer, grad_clip: float) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, dtype):
+        images = source.embed(batch.images).float()
+        texts = model.encode_text(batch.tokens.to(device), batch.lengths).float()
+        negatives = None
+        if batch.negatives is not None:
+            negatives = model.encode_text(batch.negatives.to(device), batch.negative_lengths).float()
+        mask = batch.negative_mask.to(device) if batch.negative_mask is not None else None
+        loss = loss_fn(images, texts, negatives, mask)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
