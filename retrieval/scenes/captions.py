@@ -10,7 +10,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from retrieval.scenes.scene import INVERSE, Meaning, Mention, Relation, Scene, sample_scene, satisfies
+from retrieval.scenes.scene import (INVERSE, Meaning, Mention, Relation, Scene, SceneObject, sample_scene,
+                                    satisfies)
 
 SIZE_WORDS = {"large": ("large", "big"), "small": ("small", "little", "tiny")}
 RELATION_WORDS = {
@@ -42,8 +43,8 @@ PAIR_LISTED = ("{a0} and {a1}",)
 
 # Which attributes a mention names: mostly colour+shape, so a caption narrows 1,000 images to a few.
 Modes = tuple[tuple[tuple[str, ...], float], ...]
-ATTRIBUTE_MODES: Modes = ((("size", "colour", "shape"), 0.35), (("colour", "shape"), 0.55), (("size", "shape"), 0.1))
-SINGLE_MODES: Modes = ((("size", "colour", "shape"), 0.6), (("colour", "shape"), 0.3), (("size", "shape"), 0.1))
+ATTRIBUTE_MODES: Modes = ((("size", "colour", "shape"), 0.35), (("colour", "shape"), 0.6), (("size", "shape"), 0.05))
+SINGLE_MODES: Modes = ((("size", "colour", "shape"), 0.65), (("colour", "shape"), 0.3), (("size", "shape"), 0.05))
 NEXT_TO_RATE = 0.25  # how often a horizontal pair is called "next to" rather than left/right
 CAPTIONS_PER_SCENE = 5
 
@@ -88,6 +89,7 @@ def caption_scene(scene: Scene, rng: random.Random, count: int = CAPTIONS_PER_SC
 
 
 def _one_caption(scene: Scene, rng: random.Random) -> Caption:
+    """One caption; the mix puts a relation in ~80 % of the captions of 2- and 3-object scenes."""
     n = len(scene.objects)
     if n == 1:
         counted = rng.random() < 0.3
@@ -124,16 +126,22 @@ def _related(template: str, scene: Scene, count: int | None, rng: random.Random)
 def _say(template: str, scene: Scene, objects: list[int], predicate: str | None, count: int | None,
          rng: random.Random, modes: Modes = ATTRIBUTE_MODES) -> Caption:
     """Describe ``objects`` (scene indices, in slot order); a predicate relates slot 0 to slot 1."""
-    mentions, size_words = [], []
+    mentions: list[Mention] = []
+    size_words: list[str | None] = []
     for k in objects:
         obj = scene.objects[k]
         named = rng.choices([m for m, _ in modes], weights=[w for _, w in modes])[0]
-        mentions.append(Mention(obj.colour if "colour" in named else None, obj.shape if "shape" in named else None,
-                                obj.size if "size" in named else None))
+        if _mention(obj, named) in mentions:  # "a little star and a little star" says nothing; in full they differ
+            named = ("size", "colour", "shape")
+        mentions.append(_mention(obj, named))
         size_words.append(rng.choice(SIZE_WORDS[obj.size]) if "size" in named else None)
     relation = Relation(0, predicate, 1) if predicate else None
     rel_words = rng.choice(RELATION_WORDS[predicate]) if predicate else None
     return Caption(template, Meaning(tuple(mentions), relation, count), tuple(size_words), rel_words)
+
+
+def _mention(obj: SceneObject, named: tuple[str, ...]) -> Mention:
+    return Mention(*(getattr(obj, attribute) if attribute in named else None for attribute in ("colour", "shape", "size")))
 
 
 def swap_caption(caption: Caption, scene: Scene, rng: random.Random,

@@ -1,6 +1,6 @@
 """Draw a :class:`Scene` with Pillow: a muted textured background, then supersampled shapes on top.
 
-Backgrounds are low-saturation mid-tones (gradient + blotches or stripes + faint grain), so the eight
+Backgrounds are low-saturation mid-tones (gradient + blotches, noise or stripes), so the eight
 saturated/black/white object colours never blend in, yet no two images share background pixels.
 """
 from __future__ import annotations
@@ -86,23 +86,34 @@ def _muted(rng: np.random.Generator) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """[size, size, 3] float32: soft gradient between two muted tones, plus blotches or stripes, plus grain."""
+    """[size, size, 3] float32: soft gradient between two muted tones, plus blotches, noise or stripes.
+
+    Everything is smooth on purpose: per-pixel grain would triple the PNG size for no extra variety.
+    """
     axis = np.linspace(0.0, 1.0, size, dtype=np.float32)
     theta = rng.uniform(0, 2 * math.pi)
     ramp = math.cos(theta) * axis[None, :] + math.sin(theta) * axis[:, None]  # [size, size]
     ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
     start, end = _muted(rng), _muted(rng)
     image = start + (end - start) * ramp[..., None]  # [size, size, 3]
-    texture = rng.integers(3)
+    texture = rng.integers(4)
     if texture == 0:  # blotches: a tiny grid of muted tones, smoothly upsampled
         cells = int(rng.integers(3, 8))
         grid = np.stack([_muted(rng) for _ in range(cells * cells)]).reshape(cells, cells, 3)
-        blot = Image.fromarray(grid.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
-        image = 0.55 * image + 0.45 * np.asarray(blot, dtype=np.float32)
-    elif texture == 1:  # stripes: a soft sine wave in brightness at a random angle and period
+        image = 0.55 * image + 0.45 * _upsample(grid, size)
+    elif texture == 1:  # noise: finer grey value noise that modulates brightness by up to +-15 %
+        cells = int(rng.integers(10, 20))
+        grid = rng.uniform(0.85, 1.15, size=(cells, cells, 1)).repeat(3, axis=2) * 255.0 / 1.15
+        image = image * _upsample(grid, size) * (1.15 / 255.0)
+    elif texture == 2:  # stripes: a soft sine wave in brightness at a random angle and period
         phi = rng.uniform(0, math.pi)
         period = size / rng.uniform(3, 9)
         coord = math.cos(phi) * np.arange(size)[None, :] + math.sin(phi) * np.arange(size)[:, None]
         image = image * (1.0 + 0.12 * np.sin(2 * math.pi * coord / period))[..., None]
-    grain = rng.normal(0.0, 2.0, size=(size, size, 1)).astype(np.float32)  # grey grain: keeps tones muted
-    return image + grain
+    return image  # texture 3: the plain gradient
+
+
+def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
+    """[cells, cells, 3] in 0..255 -> [size, size, 3] float32, bicubic (smooth, no blocks)."""
+    tile = Image.fromarray(np.clip(grid, 0, 255).astype(np.uint8))
+    return np.asarray(tile.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
