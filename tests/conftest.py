@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny real model checkpoint and folders of tiny generated images.
+
+    tiny_model_path  session-wide checkpoint: resnet18 trunk, 32 px input, 16-d joint space
+    tiny_model       that checkpoint loaded (a fresh object per test, so a test may spy on it)
+    image_folder     a folder of IMAGE_COUNT distinct JPEG/PNG images (40 px), some in sub-folders
+    make_image(path, seed)  write one distinct image (shape, colours and position follow from seed)
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from retrieval.checkpoint import load_model, save_checkpoint
+from retrieval.config import ModelConfig
+from retrieval.model import DualEncoder
+from retrieval.tokenizer import Vocabulary
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
+           "purple": (140, 50, 170), "orange": (240, 140, 30), "white": (245, 245, 245), "black": (15, 15, 15)}
+SHAPES = ("circle", "square", "triangle")
+CAPTIONS = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
+IMAGE_COUNT = 24
+TINY_CONFIG = dict(backbone="resnet18", image_size=32, embed_dim=16, word_dim=16, hidden_size=16)
+
+
+def caption_of(seed: int) -> str:
+    """The caption that describes ``make_image(..., seed)``."""
+    colours = list(COLOURS)
+    return f"a {colours[seed % len(colours)]} {SHAPES[seed // len(colours) % len(SHAPES)]}"
+
+
+def make_image(path: str | Path, seed: int, size: int = 40, fmt: str | None = None) -> Path:
+    """Write a distinct small image: a coloured shape on a coloured background, plus a little noise."""
+    rng = random.Random(seed)
+    colours = list(COLOURS.values())
+    shape = SHAPES[seed // len(colours) % len(SHAPES)]
+    fill = colours[seed % len(colours)]
+    background = tuple(rng.randrange(256) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    x, y = rng.randrange(size // 3), rng.randrange(size // 3)
+    box = (x, y, x + size // 2 + rng.randrange(size // 6), y + size // 2 + rng.randrange(size // 6))
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(box[0], box[3]), ((box[0] + box[2]) // 2, box[1]), (box[2], box[3])], fill=fill)
+    for _ in range(size):
+        draw.point((rng.randrange(size), rng.randrange(size)), fill=tuple(rng.randrange(256) for _ in range(3)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    is_jpeg = (fmt or path.suffix.lstrip(".")).upper() in ("JPEG", "JPG")
+    image.save(path, format=fmt, **({"quality": 90} if is_jpeg else {}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = DualEncoder(ModelConfig(**TINY_CONFIG), Vocabulary.build(CAPTIONS), pretrained=False)
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    save_checkpoint(model, path, metrics={"r@1": 0.5})
+    return path
+
+
+@pytest.fixture(scope="session")
+def other_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny model with different weights (another identity)."""
+    torch.manual_seed(1)
+    model = DualEncoder(ModelConfig(**TINY_CONFIG), Vocabulary.build(CAPTIONS), pretrained=False)
+    path = tmp_path_factory.mktemp("models") / "other.pt"
+    save_checkpoint(model, path)
+    return path
+
+
+@pytest.fixture
+def tiny_model(tiny_model_path: Path) -> DualEncoder:
+    return load_model(tiny_model_path)
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """IMAGE_COUNT distinct images: img00.jpg ... at the top, every third as PNG in sub/ or sub/deeper/."""
+    folder = tmp_path / "photos"
+    for seed in range(IMAGE_COUNT):
+        if seed % 3 == 0:
+            make_image(folder / "sub" / ("deeper" if seed % 2 else "") / f"img{seed:02d}.png", seed)
+        else:
+            make_image(folder / f"img{seed:02d}.jpg", seed)
+    return folder
