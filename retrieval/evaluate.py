@@ -83,6 +83,17 @@ def folded_metrics(image_vectors: np.ndarray, caption_vectors: np.ndarray, capti
                       len(image_vectors), len(caption_vectors))
 
 
+def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
+    """Sentences -> unit vectors [N, D] (float32 numpy)."""
+    import torch
+
+    chunks = [np.zeros((0, model.config.embed_dim), dtype=np.float32)]
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            chunks.append(model.encode_captions(list(texts[start:start + batch_size])).float().cpu().numpy())
+    return np.concatenate(chunks)
+
+
 def embed_set(model: Any, items: Sequence[Any], embed_images: Callable[[range], Any], device: Any, dtype: Any,
               batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode every image (``embed_images(range of item indices) -> [B, D]``) and every caption of ``items``.
@@ -93,15 +104,47 @@ def embed_set(model: Any, items: Sequence[Any], embed_images: Callable[[range], 
 
     from retrieval.device import autocast
 
-    image_vectors, caption_vectors = [], []
-    captions = [c for item in items for c in item.captions]
+    image_vectors = []
     with torch.inference_mode(), autocast(device, dtype):
         for start in range(0, len(items), batch_size):
             image_vectors.append(embed_images(range(start, min(len(items), start + batch_size))).float().cpu().numpy())
-        for start in range(0, len(captions), batch_size):
-            caption_vectors.append(model.encode_captions(captions[start:start + batch_size]).float().cpu().numpy())
+    caption_vectors = encode_texts(model, [c for item in items for c in item.captions])
     caption_image = np.repeat(np.arange(len(items)), [len(item.captions) for item in items])
-    return np.concatenate(image_vectors), np.concatenate(caption_vectors), caption_image
+    return np.concatenate(image_vectors), caption_vectors, caption_image
+
+
+@dataclass
+class EncodedSet:
+    """A captioned set run through a model; ``items`` excludes images that could not be decoded (``failed``)."""
+
+    items: list[Any]
+    image_vectors: np.ndarray  # [I, D]
+    caption_vectors: np.ndarray  # [C, D]
+    caption_image: np.ndarray  # [C] index into items
+    failed: list[str]
+
+
+def encode_items(model: Any, items: Sequence[Any], device: Any = "cpu") -> EncodedSet:
+    """Decode (once, at the model's size) and encode every image and caption of ``items``."""
+    import torch
+
+    from retrieval.data import cache_images, normalize_uint8
+    from retrieval.device import resolve_precision
+
+    device = torch.device(device)
+    pixels, failed_rows = cache_images(items, model.config.image_size)
+    keep = [i for i in range(len(items)) if i not in set(failed_rows)]
+    failed = [str(items[i].image) for i in failed_rows]
+    pixels, items = pixels[keep], [items[i] for i in keep]
+
+    def embed_images(indices: range) -> torch.Tensor:
+        batch = normalize_uint8(pixels[indices.start:indices.stop].to(device))
+        if device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return model.encode_image(batch)
+
+    images, texts, caption_image = embed_set(model, items, embed_images, device, resolve_precision("auto", device))
+    return EncodedSet(items, images, texts, caption_image, failed)
 
 
 def evaluate_model(model_path: str | Path | None, captions_path: str | Path, images_dir: str | Path | None = None, *,
@@ -112,34 +155,21 @@ def evaluate_model(model_path: str | Path | None, captions_path: str | Path, ima
     A file without split information is evaluated whole. Unreadable images are dropped (and reported in the
     returned caption set's ``missing``). Returns (metrics, caption set).
     """
-    import torch
-
     from retrieval.captions import load_captions
     from retrieval.checkpoint import load_model
-    from retrieval.data import cache_images, normalize_uint8
-    from retrieval.device import resolve_device, resolve_precision, set_threads
+    from retrieval.device import resolve_device, set_threads
     from retrieval.errors import CaptionsError
 
     set_threads()
     torch_device = resolve_device(device)
-    dtype = resolve_precision("auto", torch_device)
     model = load_model(model_path, device=torch_device)
     captions_set = load_captions(captions_path, images_dir, fmt)
     if split and any(item.split for item in captions_set.items):
         captions_set.items = [item for item in captions_set.items if item.split == split]
         if not captions_set.items:
             raise CaptionsError(f"{captions_path}: no images in split {split!r}")
-    pixels, failed = cache_images(captions_set.items, model.config.image_size)
-    if failed:
-        keep = [i for i in range(len(captions_set.items)) if i not in set(failed)]
-        captions_set.missing += [str(captions_set.items[i].image) for i in failed]
-        pixels, captions_set.items = pixels[keep], [captions_set.items[i] for i in keep]
-
-    def embed_images(indices: range) -> torch.Tensor:
-        batch = normalize_uint8(pixels[indices.start:indices.stop].to(torch_device))
-        if torch_device.type == "cpu":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return model.encode_image(batch)
-
-    images, texts, caption_image = embed_set(model, captions_set.items, embed_images, torch_device, dtype)
-    return folded_metrics(images, texts, caption_image, folds), captions_set
+    encoded = encode_items(model, captions_set.items, torch_device)
+    captions_set.items = encoded.items
+    captions_set.missing += encoded.failed
+    metrics = folded_metrics(encoded.image_vectors, encoded.caption_vectors, encoded.caption_image, folds)
+    return metrics, captions_set
