@@ -11,7 +11,7 @@ import sys
 import click
 
 from retrieval._version import __version__
-from retrieval.errors import VlsearchError
+from retrieval.errors import QueryError, VlsearchError
 
 # name -> (module, attribute, one-line help shown by `vlsearch --help`)
 COMMANDS = {
@@ -76,12 +76,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except VlsearchError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, QueryError) else 1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
 
-
-def fail(message: str, code: int = 1) -> None:
-    """Stop a command with a one-line error (for checks the CLI itself makes)."""
-    raise click.ClickException(message) if code == 1 else click.UsageError(message)

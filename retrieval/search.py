@@ -1,0 +1,216 @@
+"""The query path an app embeds: text -> tokens -> GRU vector -> FAISS neighbours -> SQLite rows.
+
+    from retrieval import SearchEngine
+    with SearchEngine.open("photos/.vlsearch") as engine:
+        for hit in engine.search("a bridge over a river", k=5):
+            print(hit.score, hit.abs_path)
+
+Filters (``where``, ``glob``) pick the candidate ids in SQLite first and FAISS searches only those,
+so ``k`` results come back whenever ``k`` images match. One engine is safe to share between threads.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from indexer import layout, vectors
+from indexer.store import Store
+from retrieval.checkpoint import default_model_path, load_model, read_checkpoint
+from retrieval.errors import CheckpointError, IndexStoreError, QueryError
+
+INDEX_ENV = "VLSEARCH_INDEX"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: the stored metadata of an indexed image and its similarity to the query."""
+
+    id: int
+    path: str  # relative to the indexed folder, '/'-separated
+    abs_path: str
+    score: float  # cosine similarity in [-1, 1]
+    width: int | None
+    height: int | None
+    format: str | None
+    size: int
+    mtime_ns: int
+    hash: str
+    indexed_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_index(index: str | os.PathLike | None = None, start: str | os.PathLike | None = None) -> Path:
+    """``index`` if given, else ``$VLSEARCH_INDEX``, else the nearest ``.vlsearch/`` in ``start`` or its parents."""
+    if index is not None:
+        return layout.find_index_dir(index)
+    if os.environ.get(INDEX_ENV):
+        return layout.find_index_dir(os.environ[INDEX_ENV])
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = layout.default_index_dir(folder)
+        if layout.db_path(candidate).is_file():
+            return candidate
+    raise IndexStoreError(f"no index found in {here} or its parents; build one with `vlsearch index FOLDER`, "
+                          f"or pass --index DIR (or set {INDEX_ENV})")
+
+
+def _model_for_index(meta: dict[str, Any], model: str | os.PathLike | None) -> Path:
+    """The checkpoint to query an index with: the one asked for, else the one it recorded, else the default."""
+    if model is not None:
+        return Path(model)
+    recorded = meta.get("model_path")
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    if default_model_path().is_file() and read_checkpoint(default_model_path())["identity"] == meta.get("model"):
+        return default_model_path()
+    raise CheckpointError(f"the index was built with model {meta.get('model')} ({recorded or 'path unknown'}), "
+                          "which is not available here; pass --model with that checkpoint")
+
+
+class SearchEngine:
+    """An open index plus the model that built it. Create with :meth:`open`; close (or use ``with``)."""
+
+    def __init__(self, index_dir: Path, store: Store, model_path: Path, device: str = "cpu"):
+        self.index_dir = index_dir
+        self.store = store
+        self.model_path = model_path
+        self.device = device
+        self.root = layout.resolve_root(index_dir, store.meta().get("root"))
+        self._lock = threading.RLock()
+        self._text_model = load_model(model_path, device=device, with_image=False)
+        store.check_model(self._text_model.identity, str(model_path))
+        self._image_model: Any = None  # loaded on the first image query
+        self._generation = -1
+        self._vectors: Any = None
+        self.refresh()
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
+             device: str = "cpu") -> "SearchEngine":
+        """Open an index (discovered like :func:`find_index` when not given) read-only, with its model."""
+        from retrieval.device import set_threads
+
+        set_threads()
+        found = find_index(index_dir)
+        store = Store.open(layout.db_path(found), readonly=True)
+        try:
+            return cls(found, store, _model_for_index(store.meta(), model), device)
+        except BaseException:
+            store.close()
+            raise
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Load the vectors again if an indexer has committed since; True when something changed."""
+        with self._lock:
+            generation = self.store.generation
+            if generation == self._generation:
+                return False
+            self._vectors = layout.open_vectors(self.index_dir, self.store)
+            self._generation = generation
+            return True
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "SearchEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._vectors.ntotal)
+
+    # -- encoding -----------------------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> str:
+        """Content hash of the model (the index records the same)."""
+        return self._text_model.identity
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of ``text`` the model's vocabulary lacks (they are read as <unk>)."""
+        return self._text_model.vocab.unknown_words(text)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Sentences -> unit vectors [N, D] float32."""
+        import torch
+
+        if isinstance(texts, str):
+            raise TypeError("encode_text takes a list of strings")
+        with self._lock, torch.inference_mode():
+            return self._text_model.encode_captions(list(texts)).float().cpu().numpy()
+
+    def encode_image(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
+        """An image (path or PIL image) -> unit vector [1, D] float32, decoded as the indexer does."""
+        import torch
+
+        from indexer.decode import DecodeError, Decoder, to_rgb
+        from retrieval.device import autocast, resolve_precision
+
+        with self._lock:
+            if self._image_model is None:
+                self._image_model = load_model(self.model_path, device=self.device)
+            model = self._image_model
+            decoder = Decoder(model.config.image_size)
+            try:
+                if isinstance(image, Image.Image):
+                    pixels = decoder.transform(to_rgb(image))
+                else:
+                    pixels = decoder(image).pixels
+            except DecodeError as exc:
+                raise QueryError(f"{image}: {exc}") from exc
+            device = torch.device(self.device)
+            with torch.inference_mode(), autocast(device, resolve_precision("auto", device)):
+                return model.encode_image(pixels.unsqueeze(0).to(device)).float().cpu().numpy()
+
+    # -- searching ----------------------------------------------------------------------------------------
+
+    def search(self, text: str, k: int = 10, *, min_score: float | None = None, where: str | None = None,
+               glob: str | None = None) -> list[Hit]:
+        """The ``k`` images most similar to a sentence (an empty sentence is a :class:`QueryError`)."""
+        if not isinstance(text, str) or not text.strip():
+            raise QueryError("the query is empty; describe the image you are looking for")
+        return self.search_vector(self.encode_text([text])[0], k, min_score=min_score, where=where, glob=glob)
+
+    def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10, *, min_score: float | None = None,
+                     where: str | None = None, glob: str | None = None) -> list[Hit]:
+        """The ``k`` indexed images most similar to an example image."""
+        return self.search_vector(self.encode_image(image)[0], k, min_score=min_score, where=where, glob=glob)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, *, min_score: float | None = None,
+                      where: str | None = None, glob: str | None = None) -> list[Hit]:
+        """Nearest neighbours of a query vector [D], filtered in SQLite before FAISS looks."""
+        if k < 1:
+            raise QueryError(f"k must be at least 1, not {k}")
+        with self._lock:
+            self.refresh()
+            with self.store.snapshot():
+                candidates = self.store.ids_matching(where, glob) if (where or glob) else None
+                if candidates is not None and not len(candidates):
+                    return []
+                scores, ids = vectors.search(self._vectors, vector.reshape(1, -1), k, candidates)
+                found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+                if min_score is not None:
+                    found = [(i, s) for i, s in found if s >= min_score]
+                rows = {row["id"]: row for row in self.store.rows([i for i, _ in found])}
+        return [Hit(score=score, abs_path=str(self.root / rows[i]["path"]), **rows[i]) for i, score in found
+                if i in rows]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, model and index type (what ``vlsearch info`` and the web API show)."""
+        with self._lock, self.store.snapshot():
+            meta = self.store.meta()
+            return {"images": self.store.count(), "errors": self.store.error_count(), "model": meta.get("model"),
+                    "index_type": meta.get("index_type"), "dim": meta.get("dim"), "root": str(self.root),
+                    "updated_at": meta.get("updated_at")}
