@@ -1,12 +1,13 @@
 """Shared fixtures: a tiny real model checkpoint and folders of tiny generated images.
 
     tiny_model_path  session-wide checkpoint: resnet18 trunk, 32 px input, 16-d joint space
-    tiny_model       that checkpoint loaded (a fresh object per test, so a test may spy on it)
+    tiny_model       that checkpoint loaded (a fresh copy per test, so a test may spy on or move it)
     image_folder     a folder of IMAGE_COUNT distinct JPEG/PNG images (40 px), some in sub-folders
     make_image(path, seed)  write one distinct image (shape, colours and position follow from seed)
 """
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -25,6 +26,10 @@ SHAPES = ("circle", "square", "triangle")
 CAPTIONS = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
 IMAGE_COUNT = 24
 TINY_CONFIG = dict(backbone="resnet18", image_size=32, embed_dim=16, word_dim=16, hidden_size=16)
+
+# Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads that wait
+# on each other make a 32 px forward pass 10-15x slower: keep tests on one thread.
+torch.set_num_threads(1)
 
 
 def caption_of(seed: int) -> str:
@@ -78,9 +83,14 @@ def other_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_model(tiny_model_path: Path) -> DualEncoder:
+@pytest.fixture(scope="session")
+def _tiny_model_loaded(tiny_model_path: Path) -> DualEncoder:
     return load_model(tiny_model_path)
+
+
+@pytest.fixture
+def tiny_model(_tiny_model_loaded: DualEncoder) -> DualEncoder:
+    return copy.deepcopy(_tiny_model_loaded)
 
 
 @pytest.fixture

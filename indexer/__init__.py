@@ -1,0 +1,30 @@
+"""vlsearch's indexer: turn a folder of images into a searchable index (SQLite + FAISS).
+
+One module per stage: scan (walk), decode (pixels), embed (CNN), store (all SQL), vectors (all FAISS),
+layout (the index directory), lock, pipeline (build_index), info, cli. Heavy modules (torch, faiss) are
+imported lazily, so ``import indexer`` stays instant.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from indexer.info import IndexInfo, index_info
+    from indexer.pipeline import IndexSummary, Progress, build_index
+
+_LAZY = {
+    "build_index": "indexer.pipeline",
+    "IndexSummary": "indexer.pipeline",
+    "Progress": "indexer.pipeline",
+    "index_info": "indexer.info",
+    "IndexInfo": "indexer.info",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'indexer' has no attribute {name!r}")
