@@ -1,0 +1,150 @@
+"""``vlsearch index`` and ``vlsearch info``: thin click shells over :func:`build_index` and :func:`index_info`.
+
+Heavy imports happen inside the commands, so ``vlsearch index --help`` stays instant.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+INDEX_TYPES = "auto, flat, hnsw, ivf or a FAISS factory string such as 'IVF1024,Flat'"
+
+
+class _ProgressBar:
+    """Progress callback drawing files/s, images/s and ETA on stderr (only when it is a terminal)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar: Any = None
+        self.start = 0.0
+
+    def __call__(self, progress: Any) -> None:
+        if not self.enabled or not progress.total:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=progress.total, unit="file", file=sys.stderr, dynamic_ncols=True, leave=False)
+            self.start = progress.seconds
+        elapsed = max(progress.seconds - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{progress.embedded / elapsed:.1f} img/s", refresh=False)
+        self.bar.update(progress.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Index directory  [default: FOLDER/.vlsearch]")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Model checkpoint  [default: the shipped default model]")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per CNN batch.")
+@click.option("--workers", type=click.IntRange(0), help="Decoding threads; 0 decodes in the main thread  "
+              "[default: CPU count, at most 8]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--index-type", help=f"FAISS index: {INDEX_TYPES}  [default: as before, else auto]")
+@click.option("--rebuild", is_flag=True, help="Forget the index and embed every file again (e.g. for a new model).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; count unreadable files instead of listing them.")
+def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: int, workers: int | None,
+          device: str, index_type: str | None, rebuild: bool, quiet: bool) -> None:
+    """Build or update the index of an image folder.
+
+    Only new and changed files go through the model: renamed, moved or copied files reuse their
+    vectors, and deleted files leave the index. Unreadable files are reported and skipped.
+
+    \b
+    Examples:
+      vlsearch index ~/Pictures                   # index in ~/Pictures/.vlsearch
+      vlsearch index ~/Pictures --model my.pt --index /tmp/pictures-index
+      vlsearch index ~/Pictures --rebuild         # embed everything again
+    """
+    from PIL import Image
+
+    from indexer.pipeline import build_index
+    from retrieval.device import set_threads
+
+    set_threads()
+    bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
+    try:
+        with warnings.catch_warnings():  # big JPEGs are decoded at reduced size, so the warning misleads
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            summary = build_index(folder, index_dir, model=model, batch_size=batch_size, workers=workers,
+                                  device=device, index_type=index_type, rebuild=rebuild, progress=bar)
+    finally:
+        bar.close()
+    if quiet and summary.failures:
+        click.echo(f"warning: {len(summary.failures)} files could not be read (run without --quiet to list them)",
+                   err=True)
+    elif summary.failures:
+        for path, message in summary.failures:
+            click.echo(f"warning: {path}: {message}", err=True)
+    click.echo(summary.line())
+    if summary.failed and not summary.total:
+        raise click.ClickException(f"no image in {folder} could be read")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _index_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
+    model = info["model"] + (f" ({info['model_path']})" if info["model_path"] else "")
+    index_type = info["index_type"] + (f" ({info['index_type_option']})" if info["index_type_option"] else "")
+    if not info["vectors_current"]:
+        index_type += ", FAISS file stale (rebuilt from SQLite on the next run or search)"
+    return [("index", info["index_dir"]), ("folder", info["root"]), ("images", str(info["images"])),
+            ("unreadable", f"{info['errors']} files"), ("model", model), ("dimension", str(info["dim"])),
+            ("index type", index_type), ("on disk", _size(info["size_bytes"])), ("updated", info["updated_at"])]
+
+
+def _model_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    config = ", ".join(f"{key}={value}" for key, value in summary["config"].items())
+    metrics = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                        for key, value in summary["metrics"].items())
+    return [("model", summary["identity"]), ("config", config), ("vocabulary", f"{summary['vocab_size']} words"),
+            ("metrics", metrics or "none stored")]
+
+
+@click.command()
+@click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Index directory, or a folder indexed into FOLDER/.vlsearch  [default: the current folder]")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Describe this model checkpoint (identity, config, vocabulary, metrics).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {\"index\": {...}, \"model\": {...}}.")
+def info(index_dir: Path | None, model_path: Path | None, as_json: bool) -> None:
+    """Show what an index holds (and which model made it), or describe a model checkpoint.
+
+    \b
+    Examples:
+      vlsearch info --index ~/Pictures
+      vlsearch info --model my.pt --json
+    """
+    from indexer.info import index_info
+
+    report: dict[str, Any] = {}
+    if index_dir is not None or model_path is None:
+        report["index"] = index_info(index_dir if index_dir is not None else Path.cwd()).to_dict()
+    if model_path is not None:
+        from retrieval.checkpoint import checkpoint_summary
+
+        report["model"] = checkpoint_summary(model_path)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    lines = (_index_lines(report["index"]) if "index" in report else []) + \
+        (_model_lines(report["model"]) if "model" in report else [])
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        click.echo(f"{label:<{width}}  {value}")

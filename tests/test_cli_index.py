@@ -1,0 +1,119 @@
+"""``vlsearch index`` and ``vlsearch info`` through click (CliRunner) and the real console entry point."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import IMAGE_COUNT
+from retrieval.cli import cli, main
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLSEARCH_THREADS", "1")  # the CLI calls set_threads(); see conftest for why 1
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_index_then_update_prints_the_summary(image_folder: Path, tiny_model_path: Path) -> None:
+    first = run("index", image_folder, "--model", tiny_model_path, "--batch-size", "5", "--workers", "1")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith(f"added {IMAGE_COUNT}, updated 0, removed 0, unchanged 0, reused 0, failed 0 in ")
+    assert first.stderr == ""  # not a terminal: no progress bar
+    (image_folder / "img01.jpg").unlink()
+    second = run("index", image_folder, "--model", tiny_model_path, "--quiet")
+    assert second.exit_code == 0
+    assert second.stdout.startswith(f"added 0, updated 0, removed 1, unchanged {IMAGE_COUNT - 1}, reused 0, failed 0")
+
+
+def test_unreadable_files_are_warned_about_and_the_run_succeeds(image_folder: Path, tiny_model_path: Path) -> None:
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    (image_folder / "fake.png").write_text("hello")
+    result = run("index", image_folder, "--model", tiny_model_path)
+    assert result.exit_code == 0
+    assert "failed 2" in result.stdout
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2 and warnings[0].startswith("warning: broken.jpg: corrupt or truncated image")
+    assert warnings[1].startswith("warning: fake.png: not a supported image")
+    quiet = run("index", image_folder, "--model", tiny_model_path, "--quiet")
+    assert quiet.exit_code == 0
+    assert quiet.stderr == "warning: 2 files could not be read (run without --quiet to list them)\n"
+
+
+def test_nothing_readable_exits_1(tmp_path: Path, tiny_model_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"nope")
+    result = run("index", tmp_path, "--model", tiny_model_path)
+    assert result.exit_code == 1 and "no image in" in result.output
+
+
+def test_index_elsewhere_and_info(image_folder: Path, tiny_model_path: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    index_dir = tmp_path / "the-index"
+    assert run("index", image_folder, "--index", index_dir, "--model", tiny_model_path, "-q").exit_code == 0
+    assert not (image_folder / ".vlsearch").exists()
+    shown = run("info", "--index", index_dir)
+    assert shown.exit_code == 0, shown.output
+    lines = dict(line.split(None, 1) for line in shown.stdout.replace("index type", "index_type").splitlines())
+    assert lines["images"] == str(IMAGE_COUNT) and lines["folder"] == str(image_folder.resolve())
+    assert lines["unreadable"] == "0 files" and lines["dimension"] == "16"
+    assert lines["index_type"] == "Flat (auto)" and lines["model"].endswith(f"({tiny_model_path.resolve()})")
+    data = json.loads(run("info", "--index", index_dir, "--json").stdout)
+    assert data["index"]["images"] == IMAGE_COUNT and data["index"]["vectors_current"] is True
+    assert data["index"]["size_bytes"] > 0 and data["index"]["updated_at"]
+    run("index", image_folder, "-q", "--model", tiny_model_path)  # default location, found from the folder
+    monkeypatch.chdir(image_folder)
+    assert json.loads(run("info", "--json").stdout)["index"]["index_dir"] == str((image_folder / ".vlsearch").resolve())
+
+
+def test_info_describes_a_model_checkpoint(tiny_model_path: Path) -> None:
+    result = run("info", "--model", tiny_model_path)
+    assert result.exit_code == 0, result.output
+    assert "backbone=resnet18" in result.stdout and "r@1=0.5" in result.stdout and "words" in result.stdout
+    data = json.loads(run("info", "--model", tiny_model_path, "--json").stdout)
+    assert set(data) == {"model"} and data["model"]["config"]["embed_dim"] == 16
+
+
+def test_bad_index_type_is_refused_before_any_work(image_folder: Path, tiny_model_path: Path) -> None:
+    result = run("index", image_folder, "--model", tiny_model_path, "--index-type", "NotAType")
+    assert "--index-type 'NotAType'" in str(result.exception)
+    assert not (image_folder / ".vlsearch" / "vectors.0.faiss").exists()
+
+
+def test_errors_are_one_line_through_the_entry_point(image_folder: Path, tiny_model_path: Path,
+                                                     other_model_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    def vlsearch(*args: object) -> int:
+        monkeypatch.setattr(sys, "argv", ["vlsearch", *map(str, args)])
+        try:
+            main()
+        except SystemExit as exit_:
+            return exit_.code or 0
+        return 0
+
+    assert vlsearch("index", image_folder, "--model", tiny_model_path, "-q") == 0
+    capsys.readouterr()
+    assert vlsearch("index", image_folder, "--model", other_model_path) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("Error: the index")
+    assert "--rebuild" in error and str(other_model_path.resolve()) in error
+    assert vlsearch("info", "--index", image_folder / "nothing-here") == 1
+    assert "no index at" in capsys.readouterr().err
+
+
+def test_help_has_examples() -> None:
+    assert "vlsearch index ~/Pictures" in run("index", "--help").stdout
+    assert "vlsearch info --model" in run("info", "--help").stdout
+
+
+def test_rebuild_flag(image_folder: Path, tiny_model_path: Path) -> None:
+    run("index", image_folder, "--model", tiny_model_path, "-q")
+    shutil.copy(image_folder / "img01.jpg", image_folder / "again.jpg")
+    result = run("index", image_folder, "--model", tiny_model_path, "-q", "--rebuild")
+    assert result.stdout.startswith(f"added {IMAGE_COUNT}, updated 0, removed 0, unchanged 0, reused 1, failed 0")
