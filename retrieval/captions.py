@@ -50,16 +50,18 @@ def detect_format(path: Path) -> str:
         return "csv"
     if name.endswith(".tsv"):
         return "tsv"
-    head = _read_text(path)[:65536]
+    text = _read_text(path)
+    head = text[:65536]
     stripped = head.lstrip()
     if name.endswith(".json") or stripped.startswith("{") or stripped.startswith("["):
         if stripped.startswith("{") and "\n{" in stripped.rstrip():
             return "jsonl"
-        if '"annotations"' in head:
+        # the whole text: COCO lists every image (about 1 MB for val2017) before its "annotations"
+        if '"annotations"' in text:
             return "coco"
-        if '"sentences"' in head:
+        if '"sentences"' in text:
             return "karpathy"
-        if stripped.startswith("{"):
+        if stripped.startswith(("{", "[")):  # one record, or a JSON array of records
             return "jsonl"
     first = stripped.splitlines()[0] if stripped else ""
     if "\t" in first and "#" in first.split("\t", 1)[0]:
@@ -147,16 +149,21 @@ def _read_flickr(path: Path, _fmt: str) -> Iterator[tuple[str, list[str], str | 
         yield key.rsplit("#", 1)[0], [caption], None, []
 
 
+def _sentences(value: Any) -> Any:
+    """A list stays a list; a string is one sentence, or a JSON list of them (as a CSV cell can hold)."""
+    if isinstance(value, str):
+        return json.loads(value) if value.startswith("[") else [value]
+    return value
+
+
 def _record_row(record: dict[str, Any], where: str) -> tuple[str, list[str], str | None, list[str]]:
     name = next((record[k] for k in IMAGE_KEYS if record.get(k)), None)
     if name is None:
         raise CaptionsError(f"{where}: no image column (one of {', '.join(IMAGE_KEYS)})")
-    captions = record.get("captions", record.get("caption"))
-    if isinstance(captions, str):
-        captions = json.loads(captions) if captions.startswith("[") else [captions]
+    captions = _sentences(record.get("captions", record.get("caption")))
     if not isinstance(captions, list):
         raise CaptionsError(f"{where}: no caption or captions column")
-    negatives = record.get("negatives") or []
+    negatives = _sentences(record.get("negatives") or [])  # a CSV cell is one sentence, not a list of letters
     return str(name), [str(c) for c in captions], record.get("split") or None, [str(n) for n in negatives]
 
 

@@ -17,12 +17,15 @@ from retrieval.errors import ConfigError
 LOSSES = ("infonce", "hinge", "hinge-sum")
 
 
-def _extra_column(images: torch.Tensor, negatives: torch.Tensor | None,
-                  negative_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Similarity of image i to its own hard-negative caption [B, 1]; -inf where there is none."""
+def _extra_column(images: torch.Tensor, negatives: torch.Tensor | None, negative_mask: torch.Tensor | None,
+                  scale: torch.Tensor | float = 1.0) -> torch.Tensor | None:
+    """``scale`` x similarity of image i to its own hard-negative caption [B, 1]; -inf where there is none.
+
+    Scaling before masking keeps -inf out of the product: its gradient would be 0 x -inf = NaN.
+    """
     if negatives is None:
         return None
-    extra = (images * negatives).sum(dim=1, keepdim=True)
+    extra = scale * (images * negatives).sum(dim=1, keepdim=True)
     if negative_mask is not None:
         extra = extra.masked_fill(~negative_mask.view(-1, 1), float("-inf"))
     return extra
@@ -69,9 +72,9 @@ class InfoNCELoss(nn.Module):
         logits = scale * images @ texts.t()  # [B, B]
         target = torch.arange(logits.shape[0], device=logits.device)
         image_logits = logits
-        extra = _extra_column(images, negatives, negative_mask)
+        extra = _extra_column(images, negatives, negative_mask, scale)
         if extra is not None:
-            image_logits = torch.cat([logits, scale * extra], dim=1)  # [B, B + 1]
+            image_logits = torch.cat([logits, extra], dim=1)  # [B, B + 1]
         return (F.cross_entropy(image_logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
