@@ -25,7 +25,7 @@ from retrieval.evaluate import encode_items, encode_texts, folded_metrics  # noq
 from retrieval.scenes.captions import query_set, swap_caption  # noqa: E402
 from retrieval.scenes.corpus import SceneRecord, export_corpus, load_records  # noqa: E402
 from retrieval.scenes.quality import attribute_swap_probe, satisfiable_share, semantic_precision  # noqa: E402
-from retrieval.train import EpochEvent, train  # noqa: E402
+from retrieval.train import EpochEvent, StepEvent, train  # noqa: E402
 
 CORPUS_SEED = 1  # the demo uses other seeds, so its images are unseen by training
 QUERY_SEED = 0
@@ -51,10 +51,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "default", help="corpus and scratch folder")
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "default_model.pt")
-    parser.add_argument("--train-count", type=int, default=16000)
+    parser.add_argument("--train-count", type=int, default=10000)
     parser.add_argument("--val-count", type=int, default=500)
     parser.add_argument("--test-count", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--loss", default="infonce")
@@ -81,6 +81,9 @@ def main() -> int:
                          flip=False, warmup_epochs=1.0, weight_decay=1e-4, seed=0)
 
     def report(event: object) -> None:
+        if isinstance(event, StepEvent) and event.step % 20 == 0:
+            print(f"  epoch {event.epoch} step {event.step}/{event.steps}: loss {event.loss:.3f} "
+                  f"{event.images_per_s:.0f} img/s", flush=True)
         if isinstance(event, EpochEvent):
             t2i = event.metrics.t2i
             print(f"epoch {event.epoch}: loss {event.loss:.3f} {event.images_per_s:.0f} img/s, val t2i R@1/5/10 "
