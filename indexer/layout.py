@@ -80,6 +80,14 @@ def resolve_root(index_dir: str | os.PathLike, recorded: str | None) -> Path:
     return (Path(index_dir).resolve() / recorded).resolve()  # an absolute `recorded` wins the join
 
 
+def saved_vectors_current(index_dir: str | os.PathLike, store: Store) -> bool:
+    """Cheap check, without loading it: a FAISS file exists for the stored generation, of the recorded size."""
+    with store.snapshot():
+        meta = store.meta()
+    path = faiss_path(index_dir, int(meta.get("generation") or 0))
+    return path.is_file() and path.stat().st_size == meta.get("faiss_bytes")
+
+
 def load_current_vectors(index_dir: str | os.PathLike, store: Store) -> faiss.Index | None:
     """The saved FAISS index if it matches SQLite's generation and size, else None."""
     with store.snapshot():
@@ -111,10 +119,12 @@ def open_vectors(index_dir: str | os.PathLike, store: Store) -> faiss.Index:
     return load_current_vectors(index_dir, store) or rebuild_vectors(store)
 
 
-def save_vectors(index_dir: str | os.PathLike, index: faiss.Index, generation: int) -> Path:
-    """Save ``index`` as generation ``generation`` and delete the files of other generations."""
+def save_vectors(index_dir: str | os.PathLike, index: faiss.Index, store: Store, factory: str) -> Path:
+    """Save ``index`` (of type ``factory``) for the stored generation; record it in meta; delete older files."""
+    generation = store.generation
     path = faiss_path(index_dir, generation)
     vectors.save(index, path)
+    store.set_meta(index_type=factory, faiss_bytes=path.stat().st_size)
     for old_generation, old in faiss_files(index_dir).items():
         if old_generation != generation:
             old.unlink(missing_ok=True)

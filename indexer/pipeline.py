@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from retrieval.errors import CheckpointError, IndexStoreError
 from retrieval.model import DualEncoder
 
 ROWS_PER_COMMIT = 1024  # also commit this often when files need no CNN (a renamed folder, many failures)
+_UNLOADED = object()
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -178,11 +179,14 @@ def _printable(path: str) -> str:
 class _Run:
     """The state of one indexing run: the open batch, the FAISS index in memory and the counts."""
 
-    def __init__(self, store: Store, embedder: ImageEmbedder, index_dir: Path, batch_size: int):
+    def __init__(self, store: Store, embedder: ImageEmbedder, index_dir: Path, batch_size: int, todo: Plan):
         self.store, self.embedder, self.index_dir, self.batch_size = store, embedder, index_dir, batch_size
-        self.vector_index = layout.load_current_vectors(index_dir, store)  # None: rebuild from SQLite at the end
-        self.summary = IndexSummary(index_dir=index_dir)
-        self.known_hashes = store.hashes()  # read by the worker threads; only grows during a run
+        self._vector_index: Any = _UNLOADED  # loaded before the first change; None: rebuild at the end
+        self.start_generation = store.generation
+        self.summary = IndexSummary(index_dir=index_dir, unchanged=todo.unchanged, failed=len(todo.known_failures),
+                                    failures=list(todo.known_failures))
+        # read by the worker threads; only grows during a run (so a hash seen there has a stored vector)
+        self.known_hashes = store.hashes() if todo.work else set()
         self.gone: dict[str, int] = {}  # path -> id of indexed files found gone while reading
         self._clear()
 
@@ -221,10 +225,17 @@ class _Run:
                 len(self.rows) + len(self.errors) + len(self.touched) >= ROWS_PER_COMMIT:
             self.commit()
 
+    def _load_vectors(self) -> Any:
+        """The saved FAISS index if it matches SQLite; called before the first change (after it, it cannot)."""
+        if self._vector_index is _UNLOADED:
+            self._vector_index = layout.load_current_vectors(self.index_dir, self.store)
+        return self._vector_index
+
     def commit(self) -> None:
         """Embed the batch, write it in one transaction, then mirror it in FAISS."""
         if not (self.rows or self.errors or self.touched or self.dropped):
             return
+        self._load_vectors()
         fresh = self.embedder(torch.stack(self.pixels)) if self.pixels else np.empty((0, self.embedder.dim))
         by_hash = dict(zip(self.pixel_hashes, fresh))
         by_hash.update(self.store.vectors_for_hashes({r.hash for r in self.rows} - by_hash.keys()))
@@ -237,8 +248,8 @@ class _Run:
             self.store.delete_images(self.dropped)
         # FAISS follows the commit; a crash in between leaves a FAISS file older than SQLite: detected, rebuilt
         self._faiss_remove([r.job.known[0] for r in self.rows if r.job.known] + self.dropped)
-        if self.vector_index is not None and ids:
-            vectors.add(self.vector_index, ids, np.stack([by_hash[r.hash] for r in self.rows]))
+        if self._vector_index is not None and ids:
+            vectors.add(self._vector_index, ids, np.stack([by_hash[r.hash] for r in self.rows]))
         self.known_hashes.update(self.pixel_hashes)
         for row in self.rows:
             if row.pixels is None:
@@ -250,12 +261,15 @@ class _Run:
         self._clear()
 
     def _faiss_remove(self, ids: list[int]) -> None:
-        if self.vector_index is not None and ids and not vectors.remove(self.vector_index, ids):
-            self.vector_index = None  # this index type cannot remove (HNSW): rebuild it at the end
+        if self._vector_index is not None and ids and not vectors.remove(self._vector_index, ids):
+            self._vector_index = None  # this index type cannot remove (HNSW): rebuild it at the end
 
     def remove(self, vanished: dict[str, int], stale_errors: list[str]) -> None:
         """Forget indexed files that are gone, and error records of files that are gone."""
         vanished = {**vanished, **self.gone}
+        if not (vanished or stale_errors):
+            return
+        self._load_vectors()
         with self.store.write():
             self.store.delete_images(list(vanished.values()))
             self.store.delete_errors(list(vanished) + stale_errors)
@@ -264,18 +278,20 @@ class _Run:
         self.summary.removed = len(vanished)
 
     def finish_vectors(self, option: str) -> None:
-        """Make the saved FAISS index match SQLite: rebuild it if needed (or if its type should change)."""
+        """Make the saved FAISS index match SQLite: save it if it changed; rebuild it if needed or if its type should."""
         count, meta = self.store.count(), self.store.meta()
         factory = vectors.resolve_index_type(option, count, self.embedder.dim)
-        changed = self.vector_index is None or meta.get("index_type") != factory
-        if changed:
-            self.vector_index = layout.rebuild_vectors(self.store, factory)
-            self.store.set_meta(index_type=factory)
-        self.store.set_meta(index_type_option=option)
-        generation = self.store.generation
-        if changed or not layout.faiss_path(self.index_dir, generation).is_file():
-            layout.save_vectors(self.index_dir, self.vector_index, generation)
         self.summary.total, self.summary.index_type = count, factory
+        if meta.get("index_type_option") != option:
+            self.store.set_meta(index_type_option=option)
+        if meta.get("index_type") != factory:
+            index = layout.rebuild_vectors(self.store, factory)
+        elif self.store.generation == self.start_generation and layout.saved_vectors_current(self.index_dir,
+                                                                                            self.store):
+            return  # nothing changed and the saved file is current (an unchanged run never loads FAISS)
+        else:
+            index = self._load_vectors() or layout.rebuild_vectors(self.store, factory)
+        layout.save_vectors(self.index_dir, index, self.store, factory)
 
 
 def _load_model(model: DualEncoder | str | os.PathLike | None, device: str) -> tuple[DualEncoder, str | None]:
@@ -330,10 +346,7 @@ def build_index(folder: str | os.PathLike, index_dir: str | os.PathLike | None =
     with IndexLock(layout.lock_path(index_dir)), Store.open(layout.db_path(index_dir)) as store:
         option = _open_index(store, embedder, model_path, folder, index_dir, rebuild, index_type)
         todo = plan(scan(folder, skip=[index_dir]), store.file_stats(), store.error_stats())
-        run = _Run(store, embedder, index_dir, batch_size)
-        run.summary.unchanged = todo.unchanged
-        run.summary.failed = len(todo.known_failures)
-        run.summary.failures.extend(todo.known_failures)
+        run = _Run(store, embedder, index_dir, batch_size, todo)
         work = partial(prepare, root=folder, decoder=Decoder(embedder.image_size), known_hashes=run.known_hashes)
         if progress:
             progress(Progress(0, len(todo.work), 0, time.perf_counter() - started))

@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny real model checkpoint and folders of tiny generated images.
 
     tiny_model_path  session-wide checkpoint: resnet18 trunk, 32 px input, 16-d joint space
+    other_model_path another such checkpoint with other weights (a different model identity)
     tiny_model       that checkpoint loaded (a fresh copy per test, so a test may spy on or move it)
     image_folder     a folder of IMAGE_COUNT distinct JPEG/PNG images (40 px), some in sub-folders
     make_image(path, seed)  write one distinct image (shape, colours and position follow from seed)
+    save_tiny_model(path, seed)  write a tiny checkpoint
 """
 from __future__ import annotations
 
@@ -64,23 +66,23 @@ def make_image(path: str | Path, seed: int, size: int = 40, fmt: str | None = No
     return path
 
 
+def save_tiny_model(path: Path, seed: int = 0, metrics: dict | None = None) -> Path:
+    """Write a tiny random-weight checkpoint (resnet18 trunk at 32 px, 16-d space); the seed sets its identity."""
+    torch.manual_seed(seed)
+    save_checkpoint(DualEncoder(ModelConfig(**TINY_CONFIG), Vocabulary.build(CAPTIONS), pretrained=False), path,
+                    metrics=metrics)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = DualEncoder(ModelConfig(**TINY_CONFIG), Vocabulary.build(CAPTIONS), pretrained=False)
-    path = tmp_path_factory.mktemp("models") / "tiny.pt"
-    save_checkpoint(model, path, metrics={"r@1": 0.5})
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny.pt", seed=0, metrics={"r@1": 0.5})
 
 
 @pytest.fixture(scope="session")
 def other_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny model with different weights (another identity)."""
-    torch.manual_seed(1)
-    model = DualEncoder(ModelConfig(**TINY_CONFIG), Vocabulary.build(CAPTIONS), pretrained=False)
-    path = tmp_path_factory.mktemp("models") / "other.pt"
-    save_checkpoint(model, path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "other.pt", seed=1)
 
 
 @pytest.fixture(scope="session")
