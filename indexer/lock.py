@@ -56,11 +56,17 @@ class IndexLock:
                                 f"(or, if no such process runs, delete {self.path})")
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         stamp = f"{os.getpid()} {socket.gethostname()}\n".encode()
-        if fcntl is None:  # pragma: no cover - Windows
-            self._acquire_by_pid(stamp)
-            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if fcntl is None:  # pragma: no cover - Windows
+                self._acquire_by_pid(stamp)
+            else:
+                self._acquire_by_flock(stamp)
+        except OSError as exc:  # a read-only or missing place for the index
+            raise IndexStoreError(f"cannot lock the index {self.path.parent}: {exc.strerror or exc}") from exc
+
+    def _acquire_by_flock(self, stamp: bytes) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -318,6 +318,8 @@ def _open_index(store: Store, embedder: ImageEmbedder, model_path: str | None, f
     if rebuild:
         with store.write():
             store.reset()
+    if model_path is None and meta.get("model") == embedder.identity:
+        model_path = meta.get("model_path")  # a model passed in loaded: keep the path recorded for it
     store.set_meta(model=embedder.identity, model_path=model_path, dim=embedder.dim,
                    image_size=embedder.image_size, root=layout.root_for_meta(folder, index_dir))
     return option

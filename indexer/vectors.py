@@ -187,8 +187,10 @@ def save(index: faiss.Index, path: str | os.PathLike) -> None:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # a full disk, a read-only folder
+            raise IndexStoreError(f"{path}: cannot save the FAISS index ({_faiss_message(exc)})") from exc
         raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)

@@ -19,6 +19,7 @@ from indexer.embed import ImageEmbedder
 from indexer.pipeline import IndexSummary, build_index, plan
 from indexer.scan import FileEntry
 from indexer.store import ModelMismatchError, Store
+from retrieval.checkpoint import load_model
 from retrieval.errors import CheckpointError, IndexStoreError
 from retrieval.model import DualEncoder
 
@@ -194,6 +195,7 @@ def test_a_different_model_is_refused_naming_both(built: Path, image_folder: Pat
     assert tiny_model.identity in message and str(other_model_path.resolve()) in message and "--rebuild" in message
     summary = build_index(image_folder, model=other_model_path, rebuild=True)
     assert counts(summary) == (IMAGE_COUNT, 0, 0, 0, 0, 0)
+    build_index(image_folder, model=load_model(other_model_path))  # a loaded model keeps the recorded path
     with Store.open(layout.db_path(built), readonly=True) as store:
         assert store.meta()["model_path"] == str(other_model_path.resolve())
 

@@ -59,3 +59,11 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
         except IndexLockedError:  # the kernel drops the dead process's lock promptly; allow a moment
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_place_that_cannot_hold_a_lock_is_a_project_error(tmp_path: Path) -> None:
+    from retrieval.errors import IndexStoreError
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(IndexStoreError, match="cannot lock the index"):
+        IndexLock(tmp_path / "a-file" / "lock").acquire()

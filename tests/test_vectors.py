@@ -112,3 +112,10 @@ def test_load_of_a_bad_file_is_an_index_store_error(tmp_path: Path) -> None:
     (tmp_path / "broken.faiss").write_bytes(b"not faiss")
     with pytest.raises(IndexStoreError, match="unreadable FAISS index"):
         vectors.load(tmp_path / "broken.faiss")
+
+
+def test_save_failure_is_an_index_store_error(tmp_path: Path) -> None:
+    from retrieval.errors import IndexStoreError
+
+    with pytest.raises(IndexStoreError, match="cannot save the FAISS index"):
+        vectors.save(vectors.build("Flat", DIM), tmp_path / "missing-folder" / "vectors.1.faiss")
