@@ -47,6 +47,12 @@ class Hit:
         return asdict(self)
 
 
+def results_document(query: str | None, image: str | None, k: int, hits: Sequence[Hit]) -> dict[str, Any]:
+    """The JSON document of one search: what ``vlsearch search --json`` prints and ``/api/search`` returns."""
+    return {"query": query, "image": image, "k": k,
+            "results": [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, 1)]}
+
+
 def find_index(index: str | os.PathLike | None = None, start: str | os.PathLike | None = None) -> Path:
     """``index`` if given, else ``$VLSEARCH_INDEX``, else the nearest ``.vlsearch/`` in ``start`` or its parents."""
     if index is not None:
