@@ -278,7 +278,7 @@ class _Run:
         self.summary.removed = len(vanished)
 
     def finish_vectors(self, option: str) -> None:
-        """Make the saved FAISS index match SQLite: save it if it changed; rebuild it if needed or if its type should."""
+        """Make the saved FAISS index match SQLite: save it if it changed, rebuild it if needed or its type changes."""
         count, meta = self.store.count(), self.store.meta()
         factory = vectors.resolve_index_type(option, count, self.embedder.dim)
         self.summary.total, self.summary.index_type = count, factory

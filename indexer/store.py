@@ -116,7 +116,7 @@ class Store:
             db = Database(path)
             db.execute("PRAGMA busy_timeout = 10000")
             db.enable_wal()
-            db.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable at each checkpoint, never corrupt
+            db.execute("PRAGMA synchronous = NORMAL")  # WAL: always consistent; a power cut may undo the last commits
         except sqlite3.Error as exc:
             raise IndexStoreError(f"{path}: cannot open the index database ({exc})") from exc
         store = cls(db, path, readonly=False)
@@ -162,21 +162,18 @@ class Store:
         self._check_version(version)
         with self.db.atomic():
             if version == 0:
-                self._create_schema()
+                self._run_script(SCHEMA)
                 stamp = now()
                 self._put_meta(schema_version=SCHEMA_VERSION, generation=0, created_at=stamp, updated_at=stamp)
                 return
             for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                self._run_script(MIGRATIONS[step])
                 self._put_meta(schema_version=step + 1)
 
-    def _create_schema(self) -> None:
+    def _run_script(self, script: str) -> None:
         # executescript would commit the open transaction: run the statements one by one instead
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                self.db.execute(statement)
+        for statement in filter(str.strip, script.split(";")):
+            self.db.execute(statement)
 
     # -- meta ----------------------------------------------------------------------------------------------
 

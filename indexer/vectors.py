@@ -80,7 +80,7 @@ def _floats(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 
 def build(factory: str, dim: int, ids: np.ndarray | None = None, vectors: np.ndarray | None = None) -> faiss.Index:
-    """A new index of type ``factory``; trained on (a sample of) ``vectors`` if it needs training, which are then added."""
+    """A new index of type ``factory`` holding ``vectors`` [N, D] under ``ids`` [N] (trained on a sample if needed)."""
     if factory == "Flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:

@@ -37,7 +37,8 @@ def generate(folder: Path, count: int, width: int, height: int) -> None:
         for _ in range(4):
             x, y = rng.randrange(width), rng.randrange(height)
             box = (x, y, x + rng.randrange(40, width // 2), y + rng.randrange(40, height // 2))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(rng.randrange(256) for _ in range(3)))
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape(box, fill=tuple(rng.randrange(256) for _ in range(3)))
         path = folder / f"{n // 100:03d}" / f"img{n:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path, quality=88)
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=256, help="number of JPEGs")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--model", type=Path, help="a checkpoint (default: a random model built from the options below)")
+    parser.add_argument("--model", type=Path, help="a checkpoint (default: a random model from the options below)")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--embed-dim", type=int, default=512)
