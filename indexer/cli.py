@@ -15,6 +15,10 @@ import click
 INDEX_TYPES = "auto, flat, hnsw, ivf or a FAISS factory string such as 'IVF1024,Flat'"
 
 
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
 class _ProgressBar:
     """Progress callback drawing files/s, images/s and ETA on stderr (only when it is a terminal)."""
 
@@ -81,7 +85,7 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
     finally:
         bar.close()
     if quiet and summary.failures:
-        click.echo(f"warning: {len(summary.failures)} files could not be read (run without --quiet to list them)",
+        click.echo(f"warning: {_files(len(summary.failures))} could not be read (run without --quiet to list them)",
                    err=True)
     elif summary.failures:
         for path, message in summary.failures:
@@ -105,7 +109,7 @@ def _index_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
     if not info["vectors_current"]:
         index_type += ", FAISS file stale (rebuilt from SQLite on the next run or search)"
     return [("index", info["index_dir"]), ("folder", info["root"]), ("images", str(info["images"])),
-            ("unreadable", f"{info['errors']} files"), ("model", model), ("dimension", str(info["dim"])),
+            ("unreadable", _files(info["errors"])), ("model", model), ("dimension", str(info["dim"])),
             ("index type", index_type), ("on disk", _size(info["size_bytes"])), ("updated", info["updated_at"])]
 
 
