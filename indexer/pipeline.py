@@ -267,6 +267,8 @@ class _Run:
     def remove(self, vanished: dict[str, int], stale_errors: list[str]) -> None:
         """Forget indexed files that are gone, and error records of files that are gone."""
         vanished = {**vanished, **self.gone}
+        failed_now = {path for path, _ in self.summary.failures}  # e.g. a non-UTF-8 name, recorded as printable
+        stale_errors = [path for path in stale_errors if path not in failed_now]
         if not (vanished or stale_errors):
             return
         self._load_vectors()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,22 @@ def test_vectors_in_sqlite_match_the_model(built: Path, image_folder: Path, tiny
     query = ImageEmbedder(tiny_model, "cpu")(Decoder(32)(image_folder / "img11.jpg").pixels[None])
     np.testing.assert_allclose(stored, query, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_file_that_vanishes_before_it_is_read_is_gone_not_failed(tmp_path: Path) -> None:
+    from indexer.pipeline import Job, prepare
+
+    gone = prepare(Job(FileEntry("vanished.jpg", 10, 1, True), (7, "h")), tmp_path, Decoder(32), set())
+    assert gone.gone and gone.error is None
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="file names there are always Unicode")
+def test_a_file_name_that_is_not_utf8_fails_without_stopping_the_run(image_folder: Path,
+                                                                     tiny_model: DualEncoder) -> None:
+    shutil.copy(image_folder / "img01.jpg", os.path.join(os.fsencode(image_folder), b"caf\xe9.jpg"))
+    summary = build_index(image_folder, model=tiny_model)
+    assert counts(summary) == (IMAGE_COUNT, 0, 0, 0, 0, 1)
+    assert summary.failures == [("caf\ufffd.jpg", "the file name is not valid UTF-8; rename the file to index it")]
+    assert counts(build_index(image_folder, model=tiny_model)) == (0, 0, 0, IMAGE_COUNT, 0, 1)
+    with Store.open(layout.db_path(image_folder / ".vlsearch"), readonly=True) as store:
+        assert [e["path"] for e in store.errors()] == ["caf\ufffd.jpg"]
