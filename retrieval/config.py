@@ -9,7 +9,7 @@ from typing import Any
 class ModelConfig:
     """Everything needed to rebuild a :class:`retrieval.model.DualEncoder` (besides the vocabulary)."""
 
-    backbone: str = "resnet18"  # any torchvision classification model name
+    backbone: str = "resnet18"  # a torchvision CNN (see retrieval.model.CNN_FAMILIES)
     weights: str = "none"  # "none" | "imagenet" | path to a state-dict file for the backbone
     image_size: int = 224  # square input side in pixels (64-224 typical)
     pool: str = "avg"  # "avg": global average pool; "grid2": 2x2 average pool, keeps coarse position

@@ -18,19 +18,25 @@ from retrieval.tokenizer import PAD_ID, Vocabulary
 POOL_GRID = {"avg": 1, "grid2": 2}
 
 
+# torchvision CNN families whose feature trunk ends in a [B, C, H, W] map this module can pool
+CNN_FAMILIES = ("resnet", "resnext", "wide_resnet", "regnet", "mobilenet", "efficientnet", "densenet", "convnext",
+                "shufflenet", "mnasnet", "vgg", "alexnet")
+
+
 def available_backbones() -> list[str]:
-    """Names accepted by ``--backbone``: torchvision's classification models."""
+    """Names accepted by ``--backbone``: torchvision's classification CNNs."""
     import torchvision
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return sorted(name for name in torchvision.models.list_models(module=torchvision.models)
+                  if name.startswith(CNN_FAMILIES))
 
 
 def _torchvision_model(name: str, weights: str) -> nn.Module:
     import torchvision
 
     if name not in available_backbones():
-        raise ConfigError(f"unknown backbone {name!r}; choose one of torchvision's models, e.g. resnet18, resnet50, "
-                          "mobilenet_v3_small, efficientnet_b0")
+        raise ConfigError(f"unknown backbone {name!r}; choose a torchvision CNN, e.g. resnet18, resnet50, "
+                          "mobilenet_v3_small, efficientnet_b0 (families: " + ", ".join(CNN_FAMILIES) + ")")
     if weights == "imagenet":
         try:
             return torchvision.models.get_model(name, weights="DEFAULT")
@@ -53,13 +59,25 @@ def _torchvision_model(name: str, weights: str) -> nn.Module:
 
 def _feature_trunk(model: nn.Module) -> nn.Module:
     """The convolutional part of a classifier: everything before global pooling and the head."""
-    if hasattr(model, "features"):  # mobilenet, efficientnet, convnext, densenet, vgg, ...
+    if hasattr(model, "features"):  # mobilenet, efficientnet, convnext, densenet, vgg, squeezenet, ...
         return model.features
-    children = dict(model.named_children())
-    if "avgpool" in children:  # resnet, resnext, wide_resnet, regnet, shufflenet-like
-        names = list(children)
-        return nn.Sequential(*(children[n] for n in names[: names.index("avgpool")]))
-    raise ConfigError(f"backbone {model.__class__.__name__} has no recognisable feature trunk")
+    names = [name for name, _ in model.named_children()]
+    head = next((names.index(n) for n in names if n in ("avgpool", "fc", "classifier", "head")), None)
+    if not head:  # resnet, resnext, wide_resnet, regnet, shufflenet stop at avgpool or fc
+        raise ConfigError(f"backbone {model.__class__.__name__} has no recognisable feature trunk")
+    return nn.Sequential(*(getattr(model, n) for n in names[:head]))
+
+
+def _trunk_channels(trunk: nn.Module) -> int:
+    """Channels of the trunk's output, read from its last normalisation or convolution (no forward pass)."""
+    for module in reversed(list(trunk.modules())):
+        if isinstance(module, nn.BatchNorm2d):
+            return module.num_features
+        if isinstance(module, nn.Conv2d):
+            return module.out_channels
+        if isinstance(module, nn.Linear):  # ConvNeXt blocks end in a channels-last MLP
+            return module.out_features
+    raise ConfigError(f"cannot tell how many channels {trunk.__class__.__name__} produces")
 
 
 class ImageEncoder(nn.Module):
@@ -72,11 +90,7 @@ class ImageEncoder(nn.Module):
         weights = config.weights if pretrained else "none"
         self.trunk = _feature_trunk(_torchvision_model(config.backbone, weights))
         self.pool = nn.AdaptiveAvgPool2d(POOL_GRID[config.pool])
-        with torch.no_grad():  # infer the trunk's channel count once
-            was_training = self.trunk.training
-            channels = self.trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
-            self.trunk.train(was_training)
-        self.feature_dim = channels * POOL_GRID[config.pool] ** 2
+        self.feature_dim = _trunk_channels(self.trunk) * POOL_GRID[config.pool] ** 2
         self.proj = nn.Linear(self.feature_dim, config.embed_dim)
         if config.freeze_backbone:
             self.trunk.requires_grad_(False)
