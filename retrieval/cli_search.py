@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from retrieval.errors import QueryError
+
 
 @click.command()
 @click.argument("query", required=False)
@@ -33,13 +35,14 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
       vlsearch search "a sunset" --where "width > 1000" --glob "2024/*" --paths | xargs feh
       vlsearch search --image example.jpg
     """
-    from retrieval.search import SearchEngine
-    from retrieval.tokenizer import tokenize
-
     if image_path is None and (query is None or not query.strip()):
-        raise click.UsageError("the query is empty; give a sentence (or --image PATH)")
+        # a QueryError, not a UsageError: one line "Error: ..." and exit status 2, like the library's
+        raise QueryError("the query is empty; give a sentence (or --image PATH)")
     if image_path is not None and query:
         raise click.UsageError("give either a sentence or --image, not both")
+    from retrieval.search import SearchEngine, results_document  # torch and faiss: only once the options make sense
+    from retrieval.tokenizer import tokenize
+
     with SearchEngine.open(index_dir, model=model_path) as engine:
         if image_path is not None:
             hits = engine.search_image(image_path, k, min_score=min_score, where=where, glob=glob_pattern)
@@ -50,8 +53,7 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
                 click.echo(f"warning: none of the query words are known to the model: {' '.join(unknown)}", err=True)
             hits = engine.search(query, k, min_score=min_score, where=where, glob=glob_pattern)
     if as_json:
-        results = [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, 1)]
-        document = {"query": query, "image": str(image_path) if image_path else None, "k": k, "results": results}
+        document = results_document(query, str(image_path) if image_path else None, k, hits)
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     elif paths_only:
         for hit in hits:
