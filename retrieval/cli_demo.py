@@ -40,11 +40,11 @@ def demo(out_dir: Path, count: int, model_path: Path | None) -> None:
         bar.close()
     click.echo(f"index: {result.index_line}")
     for query in result.queries:
-        click.echo(f"\n{query.text!r}  (precision {query.precision:.0f} %)")
+        click.echo(f"\n{query.text!r}: {query.summary()}")
         click.echo(f"{'rank':>4}  {'score':>6}  ok  path")
         for rank, (hit, ok) in enumerate(zip(query.hits, query.correct), 1):
             click.echo(f"{rank:>4}  {hit.score:6.3f}  {'✓ ' if ok else '✗ '}  {hit.path}")
-    mean = sum(q.precision for q in result.queries) / len(result.queries)
-    click.echo(f"\nmean precision@{len(result.queries[0].hits)}: {mean:.0f} %; contact sheet: {result.sheet}")
+    found, possible = sum(q.found for q in result.queries), sum(q.possible for q in result.queries)
+    click.echo(f"\ncorrect results: {found} of {possible} possible; contact sheet: {result.sheet}")
     click.echo(f"done in {result.seconds:.0f} s. Try: vlsearch search \"a red star above a blue circle\" "
                f"--index {out_dir / 'images'}")

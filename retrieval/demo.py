@@ -11,32 +11,46 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from retrieval.scenes.scene import Meaning, Mention, Relation
+from retrieval.scenes.scene import Meaning, Mention, Relation, Scene
 
 DEMO_SEED = 2026  # the default model was trained on seed 1: these scenes are unseen
 DEFAULT_COUNT = 2000
 RESULTS_PER_QUERY = 8
 
 
-def _m(colour: str | None, shape: str | None, size: str | None = None) -> Mention:
-    return Mention(colour, shape, size)
-
-
-EXAMPLE_QUERIES: tuple[tuple[str, Meaning], ...] = (
-    ("a red circle to the left of a blue square",
-     Meaning((_m("red", "circle"), _m("blue", "square")), Relation(0, "left_of", 1))),
-    ("a blue square to the left of a red circle",
-     Meaning((_m("blue", "square"), _m("red", "circle")), Relation(0, "left_of", 1))),
-    ("a large yellow star", Meaning((_m("yellow", "star", "large"),))),
-    ("a green triangle above a purple diamond",
-     Meaning((_m("green", "triangle"), _m("purple", "diamond")), Relation(0, "above", 1))),
-    ("a small white cross below a big orange circle",
-     Meaning((_m("white", "cross", "small"), _m("orange", "circle", "large")), Relation(0, "below", 1))),
-    ("two objects: a black diamond and a green star",
-     Meaning((_m("black", "diamond"), _m("green", "star")), count=2)),
+FIXED_QUERIES: tuple[tuple[str, Meaning], ...] = (
+    ("a large yellow star", Meaning((Mention("yellow", "star", "large"),))),
+    ("a red circle", Meaning((Mention("red", "circle"),))),
 )
+RELATION_PHRASES = {"left_of": "to the left of", "above": "above", "right_of": "to the right of", "below": "below"}
+
+
+def example_queries(scenes: Sequence[Scene]) -> list[tuple[str, Meaning]]:
+    """Two broad queries, then one precise query per relation (and a count), each describing the first scene
+    of the folder that has it, so that every query has at least one true match however small the folder."""
+    queries, used = list(FIXED_QUERIES), set()
+    for predicate, phrase in RELATION_PHRASES.items():
+        found = next(((k, scene, r) for k, scene in enumerate(scenes) if k not in used for r in scene.relations
+                      if r.predicate == predicate
+                      and scene.objects[r.subject].colour != scene.objects[r.object].colour), None)
+        if found is not None:
+            k, scene, relation = found
+            used.add(k)
+            a, b = scene.objects[relation.subject], scene.objects[relation.object]
+            meaning = Meaning((Mention(a.colour, a.shape), Mention(b.colour, b.shape)), Relation(0, predicate, 1))
+            queries.append((f"{_a(a.colour)} {a.shape} {phrase} {_a(b.colour)} {b.shape}", meaning))
+    pair = next((scene for k, scene in enumerate(scenes) if k not in used and len(scene.objects) == 2), None)
+    if pair is not None:
+        a, b = pair.objects
+        meaning = Meaning((Mention(a.colour, a.shape), Mention(b.colour, b.shape)), count=2)
+        queries.append((f"two objects: {_a(a.colour)} {a.shape} and {_a(b.colour)} {b.shape}", meaning))
+    return queries
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 @dataclass
@@ -44,10 +58,19 @@ class QueryResult:
     text: str
     hits: list  # list[retrieval.search.Hit]
     correct: list[bool]  # per hit: does its scene satisfy the query?
+    matching: int  # images in the whole folder that satisfy the query
 
     @property
-    def precision(self) -> float:
-        return 100.0 * sum(self.correct) / len(self.correct) if self.correct else 0.0
+    def found(self) -> int:
+        return sum(self.correct)
+
+    @property
+    def possible(self) -> int:
+        """The most correct hits any model could return: fewer when few images match."""
+        return min(len(self.hits), self.matching)
+
+    def summary(self) -> str:
+        return f"{self.matching} images match; the top {len(self.hits)} hold {self.found} of {self.possible} possible"
 
 
 @dataclass
@@ -85,9 +108,10 @@ def run_demo(out_dir: str | os.PathLike = "vlsearch-demo", count: int = DEFAULT_
                           if progress else None)
     result = DemoResult(out, summary.line())
     with SearchEngine.open(folder / ".vlsearch", model=model) as engine:
-        for text, meaning in EXAMPLE_QUERIES:
+        for text, meaning in example_queries([scenes[name] for name in sorted(scenes)]):
             hits = engine.search(text, RESULTS_PER_QUERY)
-            result.queries.append(QueryResult(text, hits, [satisfies(meaning, scenes[h.path]) for h in hits]))
+            matching = sum(satisfies(meaning, scene) for scene in scenes.values())
+            result.queries.append(QueryResult(text, hits, [satisfies(meaning, scenes[h.path]) for h in hits], matching))
     result.sheet = write_contact_sheet(out / "contact_sheet.html", result.queries)
     result.seconds = time.perf_counter() - started
     return result
@@ -102,7 +126,7 @@ def write_contact_sheet(path: Path, queries: list[QueryResult]) -> Path:
             f'<img src="{html.escape(_relative(hit.abs_path, path))}" alt="{html.escape(hit.path)}"></a>'
             f'<figcaption>{hit.score:.3f} {"✓" if ok else "✗"}<br>{html.escape(hit.path)}</figcaption></figure>'
             for hit, ok in zip(query.hits, query.correct))
-        rows.append(f"<section><h2>{html.escape(query.text)} <small>precision {query.precision:.0f} %</small></h2>"
+        rows.append(f"<section><h2>{html.escape(query.text)} <small>{query.summary()}</small></h2>"
                     f"<div class=row>{cells}</div></section>")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>vlsearch demo</title>
