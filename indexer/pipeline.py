@@ -141,6 +141,8 @@ def prepare(job: Job, root: Path, decoder: Decoder, known_hashes: set[str]) -> P
                 return Prepared(job, error="not a supported image (JPEG, PNG, WebP, BMP, GIF or TIFF content)")
             data = head + handle.read()
     except FileNotFoundError:
+        if entry.named_as_image and os.path.islink(root / entry.path):
+            return Prepared(job, error="broken symbolic link (its target does not exist)")
         return Prepared(job, gone=True)
     except OSError as exc:
         return Prepared(job, error=f"cannot read the file ({exc.strerror or exc})")

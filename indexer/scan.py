@@ -2,7 +2,9 @@
 
 The walk only looks at names and ``stat`` (so an unchanged folder costs one ``stat`` per file): it is
 recursive, skips hidden entries (the index folder ``.vlsearch`` among them), follows symlinks but never
-enters a folder twice (no symlink loop can hang it), and ignores files that vanish while it runs.
+enters a folder twice (no symlink loop can hang it), and ignores files that vanish while it runs. A
+symlink that leads nowhere (dangling, or a loop) is listed with its own ``lstat``, so that the indexer
+can report it instead of dropping it silently.
 Whether a file really is an image is decided by its first bytes (:func:`sniff`), read later and only
 for files that are new or changed.
 """
@@ -56,21 +58,39 @@ def scan(root: str | os.PathLike, skip: Iterable[str | os.PathLike] = ()) -> Ite
             if entry.name.startswith("."):
                 continue
             try:
-                if entry.is_dir():  # follows symlinks; the visited set cuts loops
+                kind = _kind(entry)
+                if kind == "dir":  # followed symlinks too; the visited set cuts loops
                     subfolders.append((entry.path, f"{prefix}{entry.name}/"))
                     continue
                 dot = entry.name.rfind(".")
                 suffix = entry.name[dot:].lower() if dot > 0 else ""
-                if not entry.is_file() or (suffix and suffix not in IMAGE_SUFFIXES):
+                if suffix and suffix not in IMAGE_SUFFIXES:
                     continue
-                stat = entry.stat()
-            except OSError:  # vanished mid-scan, or a dangling symlink
+                if kind == "file":
+                    stat = entry.stat()
+                elif kind == "broken" and suffix:  # an image name that leads nowhere: the indexer reports it
+                    stat = entry.stat(follow_symlinks=False)
+                else:  # a socket, pipe or device (opening some would block)
+                    continue
+            except OSError:  # vanished mid-scan
                 continue
             yield FileEntry(prefix + entry.name, stat.st_size, stat.st_mtime_ns, bool(suffix))
         stack.extend(reversed(subfolders))  # pop in sorted order
 
 
 _name = attrgetter("name")
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """'dir' or 'file' (following symlinks), 'broken' (a symlink to nothing, or a loop) or 'other'."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+    except OSError:  # a symlink loop (ELOOP) or an unreadable target
+        pass
+    return "broken" if entry.is_symlink() and not os.path.exists(entry.path) else "other"
 
 
 def _folder_key(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -40,8 +40,12 @@ def test_symlink_loops_do_not_hang_and_linked_files_count(tmp_path: Path) -> Non
     (tmp_path / "a" / "img.jpg").write_bytes(b"x")
     os.symlink(tmp_path, tmp_path / "a" / "loop")  # a -> root -> a -> ...
     os.symlink(tmp_path / "a" / "img.jpg", tmp_path / "link.jpg")
-    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "dangling.jpg")
-    assert paths(tmp_path) == ["link.jpg", "a/img.jpg"]
+    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "dangling.jpg")  # listed (by its lstat), to be reported
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")  # no image suffix: not a candidate
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block: never a candidate
+    entries = {entry.path: entry for entry in scan(tmp_path)}
+    assert list(entries) == ["dangling.jpg", "link.jpg", "a/img.jpg"]
+    assert entries["dangling.jpg"].size == os.lstat(tmp_path / "dangling.jpg").st_size
 
 
 def test_vanished_and_unreadable_folders_are_skipped(tmp_path: Path) -> None:
