@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from retrieval.captions import ImageCaptions, load_captions
 from retrieval.checkpoint import checkpoint_summary, load_model
@@ -21,9 +21,9 @@ from retrieval.config import ModelConfig, TrainConfig
 from retrieval.errors import CaptionsError, ConfigError
 from retrieval.evaluate import evaluate_model
 from retrieval.train import EpochEvent, StepEvent, train
+from trained_model import SHAPES, draw_shape
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (235, 215, 30)}
-SHAPES = ("circle", "square", "triangle")
+COLOURS = ("red", "green", "blue", "yellow")  # a subset of trained_model.COLOURS
 PER_CLASS = {"train": 12, "val": 4, "test": 4}
 SIZE = 32
 
@@ -43,33 +43,17 @@ def one_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(threads)
 
 
-def draw_shape(rng: random.Random, colour: tuple[int, int, int], shape: str) -> Image.Image:
-    grey = rng.randint(80, 170)
-    image = Image.new("RGB", (SIZE, SIZE), (grey, grey, grey))
-    side = rng.randint(14, 22)
-    x, y = rng.randint(1, SIZE - side - 1), rng.randint(1, SIZE - side - 1)
-    fill = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in colour)
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse([x, y, x + side, y + side], fill=fill)
-    elif shape == "square":
-        draw.rectangle([x, y, x + side, y + side], fill=fill)
-    else:
-        draw.polygon([(x + side / 2, y), (x, y + side), (x + side, y + side)], fill=fill)
-    return image
-
-
 def build_shapes(folder: Path, seed: int = 0) -> Path:
     """Write the images and a JSONL captions file with splits; returns the captions file."""
     rng = random.Random(seed)
     rows = []
     for split, count in PER_CLASS.items():
-        for colour, rgb in COLOURS.items():
+        for colour in COLOURS:
             for shape in SHAPES:
                 for k in range(count):
                     name = f"{split}/{colour}_{shape}_{k}.png"
                     (folder / name).parent.mkdir(parents=True, exist_ok=True)
-                    draw_shape(rng, rgb, shape).save(folder / name)
+                    draw_shape(rng, colour, shape).save(folder / name)
                     rows.append({"image": name, "split": split,
                                  "captions": [f"a {colour} {shape}", f"there is a {colour} {shape}"]})
     path = folder / "captions.jsonl"
