@@ -149,16 +149,23 @@ def _evaluate(model: DualEncoder, source: _ImageSource, items: Sequence[ImageCap
 
 def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaptions], model_config: ModelConfig,
           config: TrainConfig, out_path: str | Path,
-          on_event: Callable[[StepEvent | EpochEvent], None] | None = None) -> TrainResult:
-    """Train a new model on ``train_items``, validate on ``val_items`` every epoch, keep the best at ``out_path``."""
+          on_event: Callable[[StepEvent | EpochEvent], None] | None = None,
+          initial: DualEncoder | None = None) -> TrainResult:
+    """Train a new model on ``train_items``, validate on ``val_items`` every epoch, keep the best at ``out_path``.
+
+    ``initial`` continues from a trained model (its config and vocabulary win over ``model_config``).
+    """
     if not train_items or not val_items:
         raise CaptionsError("training needs at least one training image and one validation image")
     seed_everything(config.seed)
     set_threads()
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
-    vocab = Vocabulary.build((c for item in train_items for c in item.captions), config.min_word_count)
-    model = DualEncoder(model_config, vocab).to(device)
+    if initial is not None:
+        model, model_config = initial.to(device), initial.config
+    else:
+        vocab = Vocabulary.build((c for item in train_items for c in item.captions), config.min_word_count)
+        model = DualEncoder(model_config, vocab).to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     train_source = _ImageSource(model, train_items, config, device, dtype, augment=config.augment)
@@ -168,7 +175,7 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
     if not train_items or not val_items:
         raise CaptionsError(f"no readable images left to train on ({len(skipped)} could not be decoded)")
     # streaming: an unreadable file makes load() return None and collate drops it
-    dataset = PairDataset(train_items, vocab, train_source.load, seed=config.seed)
+    dataset = PairDataset(train_items, model.vocab, train_source.load, seed=config.seed)
     loader_kwargs = {"num_workers": config.workers, "persistent_workers": False} if train_source.streaming else {}
     loss_fn = make_loss(config.loss, config.margin).to(device)
     warm_loss_fn = make_loss("hinge-sum", config.margin).to(device) if config.loss == "hinge" else loss_fn

@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--loss", default="infonce")
     parser.add_argument("--no-negatives", action="store_true", help="train without swapped-caption negatives")
+    parser.add_argument("--init", type=Path, help="continue training from this checkpoint")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for shipping)")
     args = parser.parse_args()
     if args.quick:
@@ -90,7 +91,8 @@ def main() -> int:
                   f"{t2i.r1:.1f}/{t2i.r5:.1f}/{t2i.r10:.1f} rsum {event.metrics.rsum:.1f}"
                   f"{' *' if event.best else ''}{' COLLAPSED' if event.collapsed else ''}", flush=True)
 
-    result = train(train_items, val_items, MODEL, config, args.out, report)
+    initial = load_model(args.init) if args.init else None
+    result = train(train_items, val_items, MODEL, config, args.out, report, initial)
     trained = time.perf_counter()
 
     model = load_model(args.out)
