@@ -31,7 +31,8 @@ def open_rgb(path: str) -> Image.Image:
 @dataclass
 class Batch:
     """A collated batch. Shapes: images [B, 3, S, S] (or cached features [B, F]), tokens [B, L],
-    lengths [B], negatives [B, Ln] with negative_lengths [B] and negative_mask [B] (None without negatives)."""
+    lengths [B], negatives [B, Ln] with negative_lengths [B] and negative_mask [B] (None without negatives);
+    ``failed``: dataset indices of images in this batch that could not be decoded (left out of it)."""
 
     images: torch.Tensor
     tokens: torch.Tensor
@@ -39,6 +40,7 @@ class Batch:
     negatives: torch.Tensor | None
     negative_lengths: torch.Tensor | None
     negative_mask: torch.Tensor | None
+    failed: list[int]
 
 
 class PairDataset(Dataset):
@@ -64,25 +66,29 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.choices)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, list[int], list[int] | None] | None:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, list[int], list[int] | None] | int:
         index, caption, negative = self.choices[k]
         image = self.load_image(index)
-        if image is None:  # unreadable file: skipped by collate, counted by the loader
-            return None
+        if image is None:  # unreadable file: collate leaves it out and reports its index
+            return index
         item = self.items[index]
         return (image, self.vocab.encode(item.captions[caption]),
                 self.vocab.encode(item.negatives[negative]) if negative >= 0 else None)
 
 
-def collate(samples: list[tuple[torch.Tensor, list[int], list[int] | None] | None]) -> Batch:
-    samples = [s for s in samples if s is not None]
+def collate(samples: list[tuple[torch.Tensor, list[int], list[int] | None] | int]) -> Batch:
+    failed = [s for s in samples if isinstance(s, int)]
+    samples = [s for s in samples if not isinstance(s, int)]
+    if not samples:
+        return Batch(torch.empty(0), torch.empty(0, 1, dtype=torch.long), torch.empty(0, dtype=torch.long),
+                     None, None, None, failed)
     images = torch.stack([s[0] for s in samples])
     tokens, lengths = pad_batch([s[1] for s in samples])
     if all(s[2] is None for s in samples):
-        return Batch(images, tokens, lengths, None, None, None)
+        return Batch(images, tokens, lengths, None, None, None, failed)
     mask = torch.tensor([s[2] is not None for s in samples])
     negatives, negative_lengths = pad_batch([s[2] if s[2] is not None else [0] for s in samples])
-    return Batch(images, tokens, lengths, negatives, negative_lengths, mask)
+    return Batch(images, tokens, lengths, negatives, negative_lengths, mask, failed)
 
 
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:

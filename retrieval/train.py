@@ -29,7 +29,9 @@ from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
 from retrieval.transforms import train_transform
 
-COLLAPSE_SIMILARITY = 0.95  # mean cosine between different images above this = collapsed
+# Collapsed = the image embeddings crowd onto one point (mean cosine between different images above this)
+# *and* retrieval is near chance; early in training the first alone is common and harmless.
+COLLAPSE_SIMILARITY = 0.95
 
 
 @dataclass
@@ -143,8 +145,10 @@ def _evaluate(model: DualEncoder, source: _ImageSource, items: Sequence[ImageCap
         source.device, source.dtype)
     sample = images[:256]
     off_diagonal = (sample @ sample.T)[~np.eye(len(sample), dtype=bool)]
-    collapsed = len(sample) > 1 and float(off_diagonal.mean()) > COLLAPSE_SIMILARITY
-    return folded_metrics(images, texts, caption_image), collapsed
+    metrics = folded_metrics(images, texts, caption_image)
+    chance_r10 = 100.0 * min(1.0, 10 / len(items))
+    crowded = len(sample) > 1 and float(off_diagonal.mean()) > COLLAPSE_SIMILARITY
+    return metrics, crowded and metrics.t2i.r10 <= 2 * chance_r10
 
 
 def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaptions], model_config: ModelConfig,
@@ -205,6 +209,9 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
         active_loss = warm_loss_fn if epoch <= config.hinge_warmup_epochs else loss_fn
         started, seen, total_loss = time.perf_counter(), 0, 0.0
         for step, batch in enumerate(loader, 1):
+            skipped.extend(str(train_items[i].image) for i in batch.failed if str(train_items[i].image) not in skipped)
+            if len(batch.tokens) < 2:  # a contrastive step needs at least one negative
+                continue
             loss = _train_step(model, train_source, active_loss, batch, device, dtype, optimizer, config.grad_clip)
             scheduler.step()
             seen += len(batch.tokens)

@@ -149,8 +149,6 @@ def test_unreadable_training_image_is_skipped_and_reported(shapes: Path, tmp_pat
     assert result.path.is_file() and len(result.history) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="with augmentation, images are decoded in DataLoader workers: an unreadable "
-                   "one is dropped from its batch but not reported")
 def test_unreadable_image_is_reported_when_streaming(shapes: Path, tmp_path: Path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"garbage")
