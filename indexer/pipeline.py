@@ -30,8 +30,7 @@ from indexer.embed import ImageEmbedder
 from indexer.lock import IndexLock
 from indexer.scan import SNIFF_BYTES, FileEntry, content_hash, scan, sniff
 from indexer.store import ErrorRow, ImageRow, Store
-from retrieval.checkpoint import default_model_path, load_model
-from retrieval.device import resolve_device
+from retrieval.checkpoint import default_model_path
 from retrieval.errors import CheckpointError, IndexStoreError
 from retrieval.model import DualEncoder
 
@@ -298,13 +297,15 @@ class _Run:
         layout.save_vectors(self.index_dir, index, self.store, factory)
 
 
-def _load_model(model: DualEncoder | str | os.PathLike | None, device: str) -> tuple[DualEncoder, str | None]:
+def _embedder(model: DualEncoder | str | os.PathLike | None, device: str, precision: str
+              ) -> tuple[ImageEmbedder, str | None]:
+    """The embedder and the model path to record (None for a model passed in loaded)."""
     if isinstance(model, DualEncoder):
-        return model, None
+        return ImageEmbedder(model, device, precision), None
     path = Path(model) if model is not None else default_model_path()
     if model is None and not path.is_file():
         raise CheckpointError(f"no default model is installed yet (expected {path}); pass --model MODEL.pt")
-    return load_model(path, device=resolve_device(device)), str(path.resolve())
+    return ImageEmbedder(path, device, precision), str(path.resolve())
 
 
 def _open_index(store: Store, embedder: ImageEmbedder, model_path: str | None, folder: Path, index_dir: Path,
@@ -346,8 +347,7 @@ def build_index(folder: str | os.PathLike, index_dir: str | os.PathLike | None =
     if not folder.is_dir():
         raise IndexStoreError(f"{folder}: not a folder")
     index_dir = Path(index_dir).expanduser() if index_dir is not None else layout.default_index_dir(folder)
-    loaded, model_path = _load_model(model, device)
-    embedder = ImageEmbedder(loaded, device, precision)
+    embedder, model_path = _embedder(model, device, precision)  # weights load at the first batch to embed
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     with IndexLock(layout.lock_path(index_dir)), Store.open(layout.db_path(index_dir)) as store:
         option = _open_index(store, embedder, model_path, folder, index_dir, rebuild, index_type)

@@ -100,6 +100,19 @@ def test_second_run_embeds_nothing(built: Path, image_folder: Path, tiny_model: 
     assert layout.faiss_files(built) == faiss_file  # nothing changed, nothing saved
 
 
+def test_model_weights_load_only_when_something_needs_the_cnn(image_folder: Path, tiny_model_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexer.embed
+
+    loads = []
+    real = indexer.embed.load_model
+    monkeypatch.setattr(indexer.embed, "load_model", lambda *args, **kw: loads.append(args) or real(*args, **kw))
+    assert build_index(image_folder, model=tiny_model_path).added == IMAGE_COUNT and len(loads) == 1
+    assert build_index(image_folder, model=tiny_model_path).unchanged == IMAGE_COUNT and len(loads) == 1
+    make_image(image_folder / "new.jpg", seed=77)
+    assert build_index(image_folder, model=tiny_model_path).added == 1 and len(loads) == 2
+
+
 def test_modify_delete_rename_copy(built: Path, image_folder: Path, tiny_model: DualEncoder) -> None:
     make_image(image_folder / "img01.jpg", seed=101)  # modified: new pixels
     later(image_folder / "img01.jpg")
