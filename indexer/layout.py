@@ -123,7 +123,13 @@ def save_vectors(index_dir: str | os.PathLike, index: faiss.Index, store: Store,
     """Save ``index`` (of type ``factory``) for the stored generation; record it in meta; delete older files."""
     generation = store.generation
     path = faiss_path(index_dir, generation)
-    vectors.save(index, path)
+    for leftover in Path(index_dir).glob(".vectors.*.tmp"):  # of a save killed half-way (we hold the lock)
+        leftover.unlink(missing_ok=True)
+    try:
+        vectors.save(index, path)
+    except IndexStoreError as exc:
+        raise IndexStoreError(f"{exc}; nothing is lost: {DB_NAME} holds every image, searches rebuild the "
+                              "vectors from it, and the next `vlsearch index` saves them again") from exc
     store.set_meta(index_type=factory, faiss_bytes=path.stat().st_size)
     for old_generation, old in faiss_files(index_dir).items():
         if old_generation != generation:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
@@ -51,6 +52,13 @@ CREATE TABLE errors (path TEXT PRIMARY KEY, message TEXT NOT NULL, time TEXT NOT
 MIGRATIONS: dict[int, str] = {}
 IMAGE_COLUMNS = ("id", "path", "size", "mtime_ns", "hash", "width", "height", "format", "indexed_at")
 _CHUNK = 500  # ids per IN (...) clause, under SQLite's variable limit
+FILTER_SECONDS = 10.0  # a search filter still running after this long is stopped (e.g. an endless recursive CTE)
+MAX_VALUE_BYTES = 16 << 20  # the longest string or blob a read-only connection may make (randomblob(1e9)...)
+# A read-only connection may read and nothing else -- a defence in depth beyond mode=ro for the user's
+# filters: no PRAGMA, ATTACH, TEMP table or extension, whatever reaches the connection.
+_READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                           sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT})
+_UNSAFE_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"})
 
 
 class ModelMismatchError(IndexStoreError):
@@ -86,6 +94,13 @@ def _vector_blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
+def _read_only(action: int, arg1: str | None, arg2: str | None, database: str | None, source: str | None) -> int:
+    """SQLite authorizer of read-only connections: reads, pure functions and transactions only."""
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _UNSAFE_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+
+
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start:start + _CHUNK]
@@ -109,7 +124,11 @@ class Store:
         if readonly:
             if not path.is_file():
                 raise IndexStoreError(f"{path}: no index database here; build one with `vlsearch index FOLDER`")
-            store = cls(Database(cls._connect_readonly(path)), path, readonly=True)
+            conn = cls._connect_readonly(path)
+            store = cls(Database(conn), path, readonly=True)
+            conn.set_authorizer(_read_only)  # after sqlite-utils has set its pragmas
+            if hasattr(conn, "setlimit"):  # Python 3.11+
+                conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
             store._check_version(store._schema_version())
             return store
         try:
@@ -157,10 +176,19 @@ class Store:
             raise IndexStoreError(f"{self.path}: index schema version {version} is old; run `vlsearch index` "
                                   "on its folder once to upgrade it")
 
+    @contextmanager
+    def _writing_errors(self) -> Iterator[None]:
+        """SQLite failures while writing (a full disk, an I/O error) as one-line project errors."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise IndexStoreError(f"{self.path}: cannot write to the index database ({exc}); the unfinished "
+                                  "change was rolled back, everything committed before it is intact") from exc
+
     def _migrate(self) -> None:
         version = self._schema_version()
         self._check_version(version)
-        with self.db.atomic():
+        with self._writing_errors(), self.db.atomic():
             if version == 0:
                 self._run_script(SCHEMA)
                 stamp = now()
@@ -183,7 +211,7 @@ class Store:
 
     def set_meta(self, **values: Any) -> None:
         """Set meta keys (does not count as a change of the vectors)."""
-        with self.db.atomic():
+        with self._writing_errors(), self.db.atomic():
             self._put_meta(**values)
 
     def _put_meta(self, **values: Any) -> None:
@@ -254,10 +282,16 @@ class Store:
         else:
             bound = [*(params or []), *([glob] if glob else [])]
         sql = "SELECT id FROM images" + (" WHERE " + " AND ".join(conditions) if conditions else "") + " ORDER BY id"
+        deadline = time.monotonic() + FILTER_SECONDS
+        self.db.conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # true: interrupt
         try:
             ids = [row[0] for row in self.db.execute(sql, bound)]
         except sqlite3.Error as exc:
+            if time.monotonic() > deadline:
+                raise QueryError(f"cannot filter images with {where!r}: stopped after {FILTER_SECONDS:g} s") from exc
             raise QueryError(f"cannot filter images with {where!r}: {exc}") from exc
+        finally:
+            self.db.conn.set_progress_handler(None, 0)
         return np.asarray(ids, dtype=np.int64)
 
     def vectors(self, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -322,7 +356,7 @@ class Store:
         if self.db.conn.in_transaction:
             raise RuntimeError("Store.write() does not nest")
         self._dirty = False
-        with self.db.atomic():
+        with self._writing_errors(), self.db.atomic():
             yield self
             if self._dirty:
                 self._put_meta(generation=self.generation + 1, updated_at=now())

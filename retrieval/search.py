@@ -184,8 +184,8 @@ class SearchEngine:
 
     def search(self, text: str, k: int = 10, *, min_score: float | None = None, where: str | None = None,
                glob: str | None = None) -> list[Hit]:
-        """The ``k`` images most similar to a sentence (an empty sentence is a :class:`QueryError`)."""
-        if not isinstance(text, str) or not text.strip():
+        """The ``k`` images most similar to a sentence (one with nothing visible in it is a :class:`QueryError`)."""
+        if not isinstance(text, str) or not any(ch.isprintable() and not ch.isspace() for ch in text):
             raise QueryError("the query is empty; describe the image you are looking for")
         return self.search_vector(self.encode_text([text])[0], k, min_score=min_score, where=where, glob=glob)
 
