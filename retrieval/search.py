@@ -117,13 +117,17 @@ class SearchEngine:
 
     def refresh(self) -> bool:
         """Load the vectors again if an indexer has committed since; True when something changed."""
-        with self._lock:
-            generation = self.store.generation
-            if generation == self._generation:
-                return False
-            self._vectors = layout.open_vectors(self.index_dir, self.store)
-            self._generation = generation
-            return True
+        with self._lock, self.store.snapshot():
+            return self._refresh()
+
+    def _refresh(self) -> bool:
+        """:meth:`refresh` inside the caller's snapshot, so the vectors are those of the rows it reads."""
+        generation = self.store.generation
+        if generation == self._generation:
+            return False
+        self._vectors = layout.open_vectors(self.index_dir, self.store)
+        self._generation = generation
+        return True
 
     def close(self) -> None:
         self.store.close()
@@ -199,17 +203,16 @@ class SearchEngine:
         """Nearest neighbours of a query vector [D], filtered in SQLite before FAISS looks."""
         if k < 1:
             raise QueryError(f"k must be at least 1, not {k}")
-        with self._lock:
-            self.refresh()
-            with self.store.snapshot():
-                candidates = self.store.ids_matching(where, glob) if (where or glob) else None
-                if candidates is not None and not len(candidates):
-                    return []
-                scores, ids = vectors.search(self._vectors, vector.reshape(1, -1), k, candidates)
-                found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-                if min_score is not None:
-                    found = [(i, s) for i, s in found if s >= min_score]
-                rows = {row["id"]: row for row in self.store.rows([i for i, _ in found])}
+        with self._lock, self.store.snapshot():  # one state: an indexer's commit is seen whole or not at all
+            self._refresh()
+            candidates = self.store.ids_matching(where, glob) if (where or glob) else None
+            if candidates is not None and not len(candidates):
+                return []
+            scores, ids = vectors.search(self._vectors, vector.reshape(1, -1), k, candidates)
+            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            if min_score is not None:
+                found = [(i, s) for i, s in found if s >= min_score]
+            rows = {row["id"]: row for row in self.store.rows([i for i, _ in found])}
         return [Hit(score=score, abs_path=str(self.root / rows[i]["path"]), **rows[i]) for i, score in found
                 if i in rows]
 
