@@ -6,11 +6,13 @@
     image_folder     a folder of IMAGE_COUNT distinct JPEG/PNG images (40 px), some in sub-folders
     make_image(path, seed)  write one distinct image (shape, colours and position follow from seed)
     save_tiny_model(path, seed)  write a tiny checkpoint
+    run_main(monkeypatch, capsys, *args)  run `vlsearch ARGS` through the console entry point, in this process
 """
 from __future__ import annotations
 
 import copy
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,22 @@ def save_tiny_model(path: Path, seed: int = 0, metrics: dict | None = None) -> P
     save_checkpoint(DualEncoder(ModelConfig(**TINY_CONFIG), Vocabulary.build(CAPTIONS), pretrained=False), path,
                     metrics=metrics)
     return path
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object
+             ) -> tuple[int, str, str]:
+    """``vlsearch ARGS`` through the console entry point (one-line errors, exit codes), in this process:
+    (exit status, stdout, stderr)."""
+    from retrieval.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vlsearch", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as stopped:
+        code = stopped.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture(scope="session")

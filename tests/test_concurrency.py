@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image
+from conftest import make_image, run_main
 from indexer import layout, vectors
 from indexer.pipeline import build_index
 from indexer.store import Store
-from retrieval.cli import main
 from retrieval.model import DualEncoder
 from retrieval.search import SearchEngine
 
@@ -165,17 +164,6 @@ def pause_at_files_1_and_3(progress):
 build_index(folder, model=model, batch_size=1, workers=0, progress=pause_at_files_1_and_3)
 """
 
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object
-             ) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["vlsearch", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as stopped:
-        code = stopped.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_second_indexer_is_refused_naming_the_pid_and_a_killed_ones_lock_is_taken_over(

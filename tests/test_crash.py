@@ -33,11 +33,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image
+from conftest import make_image, run_main
 from indexer import layout, vectors
 from indexer.pipeline import build_index
 from indexer.store import Store
-from retrieval.cli import main
 from retrieval.model import DualEncoder
 from retrieval.search import SearchEngine
 
@@ -323,17 +322,6 @@ def test_sigkill_at_any_moment_loses_nothing(tmp_path: Path, tiny_model_path: Pa
 
 # -- a full disk or an I/O error while saving ---------------------------------------------------------------
 
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object
-             ) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["vlsearch", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as stopped:
-        code = stopped.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -21,12 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image
+from conftest import make_image, run_main
 from indexer import layout, store as store_module
 from indexer.pipeline import build_index
 from indexer.store import Store
 from retrieval.checkpoint import FORMAT, VERSION
-from retrieval.cli import main
 from retrieval.errors import QueryError
 from retrieval.search import SearchEngine
 
@@ -53,18 +51,6 @@ def engine(index: Path, tiny_model_path: Path):
     with SearchEngine.open(index, model=tiny_model_path) as opened:
         yield opened
 
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object
-             ) -> tuple[int, str, str]:
-    """The console entry point in this process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["vlsearch", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as stopped:
-        code = stopped.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def fingerprint(index: Path) -> tuple[str, list[str], list[tuple]]:
@@ -150,7 +136,8 @@ def hostile_filters(tmp: Path) -> dict[str, str]:
         "load-extension-nested": "id IN (SELECT id FROM images WHERE load_extension('/nonexistent/evil.so') IS NULL)",
         "fts3-tokenizer": "fts3_tokenizer('simple') IS NOT NULL",
         "huge-blob": "length(randomblob(1000000000)) > 0",
-        "endless-recursion": "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c) > 0",
+        "endless-recursion": "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+                             "SELECT max(x) FROM c) > 0",
         "comment-out-the-rest": "1) ; DELETE FROM images --",
     }
 
