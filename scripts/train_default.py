@@ -1,6 +1,6 @@
 """Reproduce the shipped default model from scratch: generate scenes -> train -> evaluate -> write.
 
-    python scripts/train_default.py            # ~30 min on 2 CPU cores; writes data/default_model.pt + .json
+    python scripts/train_default.py            # ~45 min on 2 idle CPU cores; writes data/default_model.pt + .json
     python scripts/train_default.py --quick    # a 2-minute smoke run into runs/ (not for shipping)
 
 Training uses swapped-attribute captions (same words, attributes exchanged between objects, or the
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -30,6 +31,7 @@ from retrieval.train import EpochEvent, StepEvent, train  # noqa: E402
 CORPUS_SEED = 1  # the demo uses other seeds, so its images are unseen by training
 QUERY_SEED = 0
 
+DEFAULT_STAGES = "10000:10:1e-3,20000:5:5e-4"
 MODEL = ModelConfig(backbone="resnet18", image_size=64, pool="grid2", embed_dim=256, word_dim=128, hidden_size=256)
 
 
@@ -47,55 +49,55 @@ def to_items(root: Path, records: list[SceneRecord], with_negatives: bool, seed:
     return items
 
 
+def parse_stages(text: str) -> list[tuple[int, int, float]]:
+    """"10000:10:1e-3,20000:4:5e-4" -> [(training images, epochs, learning rate), ...]."""
+    return [(int(n), int(e), float(lr)) for n, e, lr in (stage.split(":") for stage in text.split(","))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "default", help="corpus and scratch folder")
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "default_model.pt")
-    parser.add_argument("--train-count", type=int, default=10000)
+    parser.add_argument("--stages", default=DEFAULT_STAGES,
+                        help="training stages IMAGES:EPOCHS:LR, each continuing from the previous one on a larger "
+                             "corpus (default: %(default)s)")
     parser.add_argument("--val-count", type=int, default=500)
     parser.add_argument("--test-count", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--loss", default="infonce")
     parser.add_argument("--no-negatives", action="store_true", help="train without swapped-caption negatives")
-    parser.add_argument("--init", type=Path, help="continue training from this checkpoint")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint instead of from scratch")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for shipping)")
     args = parser.parse_args()
     if args.quick:
-        args.train_count, args.val_count, args.test_count, args.epochs = 1500, 200, 200, 3
+        args.stages, args.val_count, args.test_count = "1500:3:1e-3", 200, 200
         args.out = args.work / "quick_model.pt"
     started = time.perf_counter()
-
     corpus = args.work / "corpus"
-    total = args.train_count + args.val_count + args.test_count
-    print(f"generating {total} scenes into {corpus} ...", flush=True)
-    export_corpus(corpus, total, CORPUS_SEED, image_size=MODEL.image_size,
-                  splits=(args.train_count, args.val_count, args.test_count), workers=2)
-    records = list(load_records(corpus).values())
-    by_split = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
-    train_items = to_items(corpus, by_split["train"], not args.no_negatives, CORPUS_SEED)
-    val_items = to_items(corpus, by_split["val"], False, CORPUS_SEED)
-    print(f"corpus ready in {time.perf_counter() - started:.0f} s", flush=True)
-
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, augment=False,
-                         flip=False, warmup_epochs=1.0, weight_decay=1e-4, seed=0)
-
-    def report(event: object) -> None:
-        if isinstance(event, StepEvent) and event.step % 20 == 0:
-            print(f"  epoch {event.epoch} step {event.step}/{event.steps}: loss {event.loss:.3f} "
-                  f"{event.images_per_s:.0f} img/s", flush=True)
-        if isinstance(event, EpochEvent):
-            t2i = event.metrics.t2i
-            print(f"epoch {event.epoch}: loss {event.loss:.3f} {event.images_per_s:.0f} img/s, val t2i R@1/5/10 "
-                  f"{t2i.r1:.1f}/{t2i.r5:.1f}/{t2i.r10:.1f} rsum {event.metrics.rsum:.1f}"
-                  f"{' *' if event.best else ''}{' COLLAPSED' if event.collapsed else ''}", flush=True)
-
-    initial = load_model(args.init) if args.init else None
-    result = train(train_items, val_items, MODEL, config, args.out, report, initial)
+    model = load_model(args.init) if args.init else None
+    stages = parse_stages(args.stages)
+    for number, (train_count, epochs, lr) in enumerate(stages, 1):
+        # example i of a seed never changes, so a larger corpus extends the previous one with new scenes;
+        # val and test are the scenes right after the training ones, never trained on in this stage
+        total = train_count + args.val_count + args.test_count
+        print(f"stage {number}: {train_count} training scenes, {epochs} epochs, lr {lr}", flush=True)
+        export_corpus(corpus, total, CORPUS_SEED, image_size=MODEL.image_size,
+                      splits=(train_count, args.val_count, args.test_count), workers=2)
+        records = list(load_records(corpus).values())
+        by_split = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
+        config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, loss=args.loss, augment=False,
+                             flip=False, warmup_epochs=1.0, weight_decay=1e-4,
+                             seed=number - (0 if args.init else 1))  # a run continued with --init is stage 2
+        result = train(to_items(corpus, by_split["train"], not args.no_negatives, CORPUS_SEED),
+                       to_items(corpus, by_split["val"], False, CORPUS_SEED), MODEL, config,
+                       args.work / f"stage{number}.pt", report, model)
+        model = load_model(result.path)
+        print(f"stage {number} done: best epoch {result.best_epoch}, {time.perf_counter() - started:.0f} s", flush=True)
     trained = time.perf_counter()
+    assert model is not None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.path, args.out)
 
-    model = load_model(args.out)
     test_records = by_split["test"]
     encoded = encode_items(model, to_items(corpus, test_records, False, CORPUS_SEED))
     recall = folded_metrics(encoded.image_vectors, encoded.caption_vectors, encoded.caption_image)
@@ -108,13 +110,24 @@ def main() -> int:
         "model": model.identity, "test_images": len(test_records), "test_captions": int(len(encoded.caption_vectors)),
         "recall": recall.to_dict(), "swap_probe": {"accuracy": probe.accuracy, "pairs": probe.pairs},
         "semantic_precision_at_10": {"precision": precision, "ceiling": ceiling, "queries": len(queries)},
-        "train": {"images": len(train_items), "epochs": args.epochs, "best_epoch": result.best_epoch,
-                  "train_seconds": round(trained - started), "total_seconds": round(time.perf_counter() - started)},
+        "train": {"stages": args.stages, "train_seconds": round(trained - started),
+                  "total_seconds": round(time.perf_counter() - started)},
         "model_config": asdict(MODEL), "train_config": asdict(config),
     }
     args.out.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({k: metrics[k] for k in ("recall", "swap_probe", "semantic_precision_at_10", "train")}, indent=2))
     return 0
+
+
+def report(event: object) -> None:
+    if isinstance(event, StepEvent) and event.step % 20 == 0:
+        print(f"  epoch {event.epoch} step {event.step}/{event.steps}: loss {event.loss:.3f} "
+              f"{event.images_per_s:.0f} img/s", flush=True)
+    if isinstance(event, EpochEvent):
+        t2i = event.metrics.t2i
+        print(f"epoch {event.epoch}: loss {event.loss:.3f} {event.images_per_s:.0f} img/s, val t2i R@1/5/10 "
+              f"{t2i.r1:.1f}/{t2i.r5:.1f}/{t2i.r10:.1f} rsum {event.metrics.rsum:.1f}"
+              f"{' *' if event.best else ''}{' COLLAPSED' if event.collapsed else ''}", flush=True)
 
 
 if __name__ == "__main__":
