@@ -271,25 +271,24 @@ class Store:
         ``where`` is an SQL expression over the images columns, e.g. ``"width > 1000 AND format = 'PNG'"``;
         ``params`` fills its placeholders. GLOB is case-sensitive and ``*`` also matches '/'.
         """
-        conditions, args = [], []
-        if where:
-            conditions.append(f"({where})")
+        # Each filter runs as its own query and the id sets are intersected, so that no text in ``where``
+        # (say "a) OR (b") can regroup the SQL and escape the glob.
+        ids = self._ids_where(where, params or []) if where else self._ids_where("1", [])
         if glob:
-            conditions.append("path GLOB :_glob" if isinstance(params, dict) else "path GLOB ?")
-        bound: Any
-        if isinstance(params, dict):
-            bound = {**params, **({"_glob": glob} if glob else {})}
-        else:
-            bound = [*(params or []), *([glob] if glob else [])]
-        sql = "SELECT id FROM images" + (" WHERE " + " AND ".join(conditions) if conditions else "") + " ORDER BY id"
+            ids = np.intersect1d(ids, self._ids_where("path GLOB ?", [glob]))
+        return ids
+
+    def _ids_where(self, condition: str, params: Sequence[Any] | dict[str, Any]) -> np.ndarray:
+        sql = f"SELECT id FROM images WHERE ({condition}) ORDER BY id"
         deadline = time.monotonic() + FILTER_SECONDS
         self.db.conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # true: interrupt
         try:
-            ids = [row[0] for row in self.db.execute(sql, bound)]
+            ids = [row[0] for row in self.db.execute(sql, params)]
         except sqlite3.Error as exc:
             if time.monotonic() > deadline:
-                raise QueryError(f"cannot filter images with {where!r}: stopped after {FILTER_SECONDS:g} s") from exc
-            raise QueryError(f"cannot filter images with {where!r}: {exc}") from exc
+                raise QueryError(f"cannot filter images with {condition!r}: stopped after {FILTER_SECONDS:g} s"
+                                 ) from exc
+            raise QueryError(f"cannot filter images with {condition!r}: {exc}") from exc
         finally:
             self.db.conn.set_progress_handler(None, 0)
         return np.asarray(ids, dtype=np.int64)

@@ -29,7 +29,8 @@ def _warn_missing(captions_set, label: str) -> None:  # type: ignore[no-untyped-
 @click.option("--val-captions", type=click.Path(dir_okay=False, path_type=Path),
               help="A separate validation captions file (default: the 'val' split of --captions).")
 @click.option("--split", default="train", show_default=True, help="Split of --captions to train on.")
-@click.option("--backbone", default="resnet18", show_default=True, help="A torchvision CNN: resnet18, resnet50, mobilenet_v3_small, efficientnet_b0, ...")
+@click.option("--backbone", default="resnet18", show_default=True,
+              help="A torchvision CNN: resnet18, resnet50, mobilenet_v3_small, efficientnet_b0, ...")
 @click.option("--weights", default="none", show_default=True, help="none, imagenet, or a backbone state-dict file.")
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 1024))
 @click.option("--pool", type=click.Choice(["avg", "grid2"]), default="avg", show_default=True,

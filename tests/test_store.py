@@ -109,6 +109,7 @@ def test_ids_matching_where_glob_and_params(store: Store) -> None:
     assert store.ids_matching(glob="*.jpg").tolist() == [1, 3]
     assert store.ids_matching(where="format = ?", glob="b/*", params=["PNG"]).tolist() == [2]
     assert store.ids_matching(where="format = :f", glob="*.png", params={"f": "PNG"}).tolist() == [2]
+    assert store.ids_matching(where="1) OR (1", glob="*.png").tolist() == [2]  # where cannot escape the glob
     with pytest.raises(QueryError, match="no such column"):
         store.ids_matching(where="colour = 'red'")
 
