@@ -64,4 +64,9 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
             return
         click.echo(f"{'rank':>4}  {'score':>6}  path")
         for rank, hit in enumerate(hits, 1):
-            click.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.path}")
+            click.echo(f"{rank:>4}  {hit.score:6.3f}  {_printable(hit.path)}")
+
+
+def _printable(path: str) -> str:
+    """A file name may hold newlines or terminal escapes: show those escaped in the table (--json keeps them)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
