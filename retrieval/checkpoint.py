@@ -42,11 +42,16 @@ def model_identity(config: dict[str, Any], vocab: list[str], state_dict: dict[st
 
 
 def save_checkpoint(model: DualEncoder, path: str | os.PathLike, metrics: dict[str, Any] | None = None,
-                    train_config: dict[str, Any] | None = None) -> str:
-    """Write ``model`` atomically to ``path``; returns its identity."""
+                    train_config: dict[str, Any] | None = None, half: bool = False) -> str:
+    """Write ``model`` atomically to ``path``; returns its identity.
+
+    ``half`` stores float weights as float16 (half the file; loading casts them back to float32).
+    """
     config = asdict(model.config)
     vocab = model.vocab.to_list()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     identity = model_identity(config, vocab, state)
     payload = {"format": FORMAT, "version": VERSION, "identity": identity, "config": config, "vocab": vocab,
                "state_dict": state, "metrics": metrics or {}, "train_config": train_config or {}}
@@ -58,6 +63,9 @@ def save_checkpoint(model: DualEncoder, path: str | os.PathLike, metrics: dict[s
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a shared model unreadable to others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
