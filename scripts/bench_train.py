@@ -34,7 +34,7 @@ def images_per_second(backbone: str, size: int, batch: int, channels_last: bool,
     images = torch.randn(batch, 3, size, size)
     if channels_last:
         model, images = model.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
-    tokens, lengths = torch.randint(2, 10, (batch, 12)), torch.full((batch,), 12)
+    tokens, lengths = torch.randint(2, len(model.vocab), (batch, 12)), torch.full((batch,), 12)
     device = torch.device("cpu")
 
     def step() -> None:
