@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from retrieval.errors import VlsearchError
-from retrieval.transforms import eval_transform
+from retrieval.transforms import eval_transform, eval_transform_uint8
 
 _ORIENTATION = 0x0112
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -41,7 +41,7 @@ class ImageInfo:
 
 @dataclass
 class Decoded:
-    pixels: torch.Tensor  # [3, S, S] normalised, ready to stack into a batch
+    pixels: torch.Tensor  # [3, S, S] float normalised (uint8 with normalise=False), ready to stack into a batch
     info: ImageInfo
 
 
@@ -138,13 +138,20 @@ def load_rgb(source: Source, min_side: int | None = None, max_pixels: int | None
 
 
 class Decoder:
-    """Callable: file path or bytes -> :class:`Decoded` for a model with input side ``image_size``."""
+    """Callable: file path or bytes -> :class:`Decoded` for a model with input side ``image_size``.
 
-    def __init__(self, image_size: int, max_pixels: int | None = None):
+    ``normalise=False`` keeps the pixels uint8 (:func:`retrieval.transforms.normalize_uint8` finishes them,
+    batch by batch, as :class:`indexer.embed.ImageEmbedder` does): decoding threads then run no torch
+    arithmetic, which would start OpenMP threads of their own on cores the CNN is using, and images
+    waiting for their batch take a quarter of the memory.
+    """
+
+    def __init__(self, image_size: int, max_pixels: int | None = None, normalise: bool = True):
         self.image_size = image_size
         self.max_pixels = max_pixels
-        self.transform = eval_transform(image_size)
+        self.transform = eval_transform(image_size)  # PIL -> normalised float [3, S, S]
+        self._to_pixels = self.transform if normalise else eval_transform_uint8(image_size)
 
     def __call__(self, source: Source) -> Decoded:
         rgb, info = load_rgb(source, self.image_size, self.max_pixels)
-        return Decoded(self.transform(rgb), info)  # [3, S, S]
+        return Decoded(self._to_pixels(rgb), info)  # [3, S, S]

@@ -19,6 +19,7 @@ from retrieval.config import ModelConfig
 from retrieval.device import autocast, resolve_device, resolve_precision
 from retrieval.errors import CheckpointError
 from retrieval.model import DualEncoder
+from retrieval.transforms import normalize_uint8
 
 
 class ImageEmbedder:
@@ -56,12 +57,14 @@ class ImageEmbedder:
         return self._model
 
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
-        """[B, 3, S, S] normalised pixels -> [B, D] float32, unit length."""
+        """[B, 3, S, S] pixels, normalised or uint8 (normalised here) -> [B, D] float32, unit length."""
         model = self.model
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
         with torch.inference_mode(), autocast(self.device, self.dtype):
             batch = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            if batch.dtype == torch.uint8:  # a quarter of the bytes to move; the arithmetic keeps channels_last
+                batch = normalize_uint8(batch)
             vectors = model.encode_image(batch)  # [B, D]
         vectors = F.normalize(vectors.float(), dim=-1)  # bf16 outputs are re-normalised in fp32
         return vectors.cpu().numpy()

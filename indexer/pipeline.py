@@ -3,6 +3,8 @@
     scan -> diff against SQLite -> read + hash + decode (threads, bounded look-ahead) -> batch -> embed
          -> store + add to FAISS -> commit (one transaction a batch) ... -> remove vanished -> save FAISS
 
+On the CPU, decoding and the CNN take turns on the cores (they share them); on a GPU they overlap.
+
     summary = build_index("~/Pictures")  # index in ~/Pictures/.vlsearch, the default model
     print(summary.line())  # added 120, updated 2, removed 1, unchanged 3000, reused 4, failed 1 in 9.8 s
 
@@ -13,6 +15,7 @@ Every image file on disk ends up in exactly one of: *added* / *updated* (new or 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -119,7 +122,7 @@ class Prepared:
     job: Job
     hash: str = ""
     info: ImageInfo | None = None
-    pixels: torch.Tensor | None = None  # [3, S, S]; None when the vector can be reused
+    pixels: torch.Tensor | None = None  # uint8 [3, S, S]; None when the vector can be reused
     error: str | None = None  # why the file cannot be indexed
     gone: bool = False  # vanished, or (no image suffix) not an image after all
 
@@ -155,16 +158,26 @@ def prepare(job: Job, root: Path, decoder: Decoder, known_hashes: set[str]) -> P
     return Prepared(job, digest, decoded.info, decoded.pixels)
 
 
-def in_order(fn: Callable[[T], R], items: list[T], workers: int, lookahead: int) -> Iterator[R]:
-    """``map(fn, items)`` on ``workers`` threads, results in input order, at most ``lookahead`` in flight."""
+def in_order(fn: Callable[[T], R], items: list[T], workers: int, lookahead: int,
+             go: threading.Event | None = None) -> Iterator[R]:
+    """``map(fn, items)`` on ``workers`` threads, results in input order, at most ``lookahead`` in flight.
+
+    ``go``: a worker starts an item only while this event is set.
+    """
     if workers <= 0:
         yield from map(fn, items)
         return
+
+    def call(item: T) -> R:
+        if go is not None:
+            go.wait()
+        return fn(item)
+
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vlsearch-decode")
     pending: deque = deque()
     try:
         for item in items:
-            pending.append(pool.submit(fn, item))
+            pending.append(pool.submit(call, item))
             if len(pending) >= lookahead:
                 yield pending.popleft().result()
         while pending:
@@ -189,11 +202,16 @@ class _Run:
         # read by the worker threads; only grows during a run (so a hash seen there has a stored vector)
         self.known_hashes = store.hashes() if todo.work else set()
         self.gone: dict[str, int] = {}  # path -> id of indexed files found gone while reading
+        # Set while decoding threads may start a file. On the CPU they wait while the CNN runs: a decoding
+        # thread that takes a core from one of torch's OpenMP threads leaves the others spinning at the next
+        # barrier, so overlapping cost the default model ~25% of its indexing speed on 2 cores (BENCHMARKS.md).
+        self.decoding = threading.Event()
+        self.decoding.set()
         self._clear()
 
     def _clear(self) -> None:
         self.rows: list[Prepared] = []  # to insert or update
-        self.pixels: list[torch.Tensor] = []  # to embed, one per new hash
+        self.pixels: list[torch.Tensor] = []  # uint8 [3, S, S] to embed, one per new hash
         self.pixel_hashes: list[str] = []
         self.errors: list[ErrorRow] = []
         self.touched: list[tuple[int, int, int]] = []  # (id, size, mtime_ns): same bytes, new stat
@@ -237,7 +255,7 @@ class _Run:
         if not (self.rows or self.errors or self.touched or self.dropped):
             return
         self._load_vectors()
-        fresh = self.embedder(torch.stack(self.pixels)) if self.pixels else np.empty((0, self.embedder.dim))
+        fresh = self._embed() if self.pixels else np.empty((0, self.embedder.dim))
         by_hash = dict(zip(self.pixel_hashes, fresh))
         by_hash.update(self.store.vectors_for_hashes({r.hash for r in self.rows} - by_hash.keys()))
         with self.store.write():
@@ -260,6 +278,15 @@ class _Run:
             else:
                 self.summary.added += 1
         self._clear()
+
+    def _embed(self) -> np.ndarray:
+        """The batch's new pixels through the CNN -> [B, D]; on the CPU, with the decoding threads paused."""
+        if self.embedder.device.type == "cpu":
+            self.decoding.clear()
+        try:
+            return self.embedder(torch.stack(self.pixels))  # uint8 [B, 3, S, S] -> [B, D]
+        finally:
+            self.decoding.set()
 
     def _faiss_remove(self, ids: list[int]) -> None:
         if self._vector_index is not None and ids and not vectors.remove(self._vector_index, ids):
@@ -353,10 +380,12 @@ def build_index(folder: str | os.PathLike, index_dir: str | os.PathLike | None =
         option = _open_index(store, embedder, model_path, folder, index_dir, rebuild, index_type)
         todo = plan(scan(folder, skip=[index_dir]), store.file_stats(), store.error_stats())
         run = _Run(store, embedder, index_dir, batch_size, todo)
-        work = partial(prepare, root=folder, decoder=Decoder(embedder.image_size), known_hashes=run.known_hashes)
+        decoder = Decoder(embedder.image_size, normalise=False)  # uint8: the embedder normalises whole batches
+        work = partial(prepare, root=folder, decoder=decoder, known_hashes=run.known_hashes)
         if progress:
             progress(Progress(0, len(todo.work), 0, time.perf_counter() - started))
-        for done, item in enumerate(in_order(work, todo.work, workers, max(2 * batch_size, 4 * workers)), 1):
+        for done, item in enumerate(in_order(work, todo.work, workers, max(2 * batch_size, 4 * workers),
+                                                      run.decoding), 1):
             run.take(item)
             if progress:
                 progress(Progress(done, len(todo.work), run.summary.embedded, time.perf_counter() - started))

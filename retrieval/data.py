@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from retrieval.captions import ImageCaptions
 from retrieval.model import pad_batch
 from retrieval.tokenizer import Vocabulary
-from retrieval.transforms import MEAN, STD
+from retrieval.transforms import eval_transform_uint8, normalize_uint8  # noqa: F401 (normalize_uint8: re-exported)
 
 
 def open_rgb(path: str) -> Image.Image:
@@ -91,18 +91,9 @@ def collate(samples: list[tuple[torch.Tensor, list[int], list[int] | None] | int
     return Batch(images, tokens, lengths, negatives, negative_lengths, mask, failed)
 
 
-def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, S, S] -> float normalised like :func:`retrieval.transforms.eval_transform`."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
-
-
 def cache_images(items: Sequence[ImageCaptions], image_size: int) -> tuple[torch.Tensor, list[int]]:
     """Decode every image once at the model's size: uint8 [N, 3, S, S] and the indices that failed."""
-    from torchvision import transforms as T
-
-    resize = T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+    resize = eval_transform_uint8(image_size)
     cache = torch.zeros(len(items), 3, image_size, image_size, dtype=torch.uint8)
     failed = []
     for i, item in enumerate(items):

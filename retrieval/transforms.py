@@ -1,4 +1,4 @@
-"""Image transforms: PIL image -> normalised tensor [3, S, S]."""
+"""Image transforms: PIL image -> normalised tensor [3, S, S] (directly, or as uint8 normalised later in batches)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -16,6 +16,20 @@ def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
 
     return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToTensor(),
                       T.Normalize(MEAN, STD)])
+
+
+def eval_transform_uint8(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """:func:`eval_transform` without its last step: uint8 [3, S, S]; :func:`normalize_uint8` finishes it."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
+
+
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, S, S] -> float normalised, bit for bit as :func:`eval_transform` (keeps the memory format)."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
 
 
 def train_transform(image_size: int, augment: bool = True, flip: bool = True) -> Callable[[Image.Image], torch.Tensor]:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from indexer.decode import Decoder, DecodeError, load_rgb, probe
+from retrieval.transforms import normalize_uint8
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -33,6 +34,16 @@ def test_decoder_returns_normalised_square_pixels_and_info() -> None:
     assert decoded.pixels.shape == (3, 32, 32) and decoded.pixels.dtype == torch.float32
     assert (decoded.info.width, decoded.info.height, decoded.info.format) == (60, 40, "PNG")
     assert probe(data) == decoded.info
+
+
+def test_uint8_pixels_normalised_later_are_the_same_numbers() -> None:
+    noise = Image.effect_noise((90, 70), 60).convert("RGB")  # every pixel different, and odd sides to crop
+    data = encode(noise, "JPEG", quality=90)
+    raw = Decoder(32, normalise=False)(data).pixels
+    assert raw.shape == (3, 32, 32) and raw.dtype == torch.uint8
+    later = normalize_uint8(torch.stack([raw, raw]).contiguous(memory_format=torch.channels_last))
+    assert later.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(later[1], Decoder(32)(data).pixels)  # bit for bit
 
 
 def test_exif_orientation_is_applied() -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from conftest import IMAGE_COUNT, make_image
 from indexer import layout, vectors
 from indexer.decode import Decoder
 from indexer.embed import ImageEmbedder
-from indexer.pipeline import IndexSummary, build_index, plan
+from indexer.pipeline import IndexSummary, build_index, in_order, plan
 from indexer.scan import FileEntry
 from indexer.store import ModelMismatchError, Store
 from retrieval.checkpoint import load_model
@@ -296,6 +298,20 @@ def test_a_file_that_vanishes_before_it_is_read_is_gone_not_failed(tmp_path: Pat
 
     gone = prepare(Job(FileEntry("vanished.jpg", 10, 1, True), (7, "h")), tmp_path, Decoder(32), set())
     assert gone.gone and gone.error is None
+
+
+def test_in_order_keeps_input_order_and_starts_items_only_while_go_is_set() -> None:
+    go = threading.Event()  # the pipeline clears it while the CNN runs on the CPU
+    started_early = []
+
+    def square(n: int) -> int:
+        started_early.append(not go.is_set())
+        time.sleep(0.002 * (n % 3))  # finish out of order
+        return n * n
+
+    threading.Timer(0.05, go.set).start()
+    assert list(in_order(square, list(range(20)), workers=3, lookahead=5, go=go)) == [n * n for n in range(20)]
+    assert len(started_early) == 20 and not any(started_early)
 
 
 @pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="file names there are always Unicode")
