@@ -30,11 +30,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import faiss
 import numpy as np
 
+from benchlib import machine_line, ms, table, timed
 from indexer import vectors
 from indexer.pipeline import build_index
 from retrieval.checkpoint import default_model_path, read_checkpoint, save_checkpoint
@@ -49,37 +50,6 @@ K = 10
 TYPES = ("flat", "hnsw", "ivf", "sq8", "pq")
 EF_SEARCH = (16, 32, 64, 128, 256)
 NPROBE = (1, 4, 16, 64)
-
-
-# -- measuring and printing -------------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[object], object], items: Sequence[object], warmup: int = 5) -> list[float]:
-    """Seconds of ``fn(item)`` for each item, after ``warmup`` untimed calls."""
-    for item in items[:warmup]:
-        fn(item)
-    seconds = []
-    for item in items:
-        start = time.perf_counter()
-        fn(item)
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def ms(seconds: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(seconds) * 1e3, q))
-
-
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(c) for c in header]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row]
-                                          for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    for n, row in enumerate(cells):
-        print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-    sys.stdout.flush()
 
 
 # -- the model and a real index ---------------------------------------------------------------------------
@@ -314,9 +284,7 @@ def main() -> int:
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())  # small first: they time the big ones
 
     os.environ["VLSEARCH_THREADS"] = str(args.threads)  # SearchEngine.open sets torch's threads from it
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"bench_query: python {sys.version.split()[0]}, faiss {faiss.__version__}, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f}")
+    print(f"bench_query: {machine_line()}")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="vlsearch-bench-"))
     try:
         model, trained = pick_model(args.model, work)
