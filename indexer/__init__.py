@@ -6,8 +6,9 @@ imported lazily, so ``import indexer`` stays instant.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from retrieval._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from indexer.info import IndexInfo, index_info
@@ -23,8 +24,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'indexer' has no attribute {name!r}")
+__getattr__ = lazy_attributes('indexer', _LAZY)

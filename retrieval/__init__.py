@@ -5,8 +5,9 @@ Heavy modules (torch, faiss) are imported lazily so that ``import retrieval`` an
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from retrieval._lazy import lazy_attributes
 
 from retrieval._version import __version__
 
@@ -28,8 +29,4 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+__getattr__ = lazy_attributes('retrieval', _LAZY)
