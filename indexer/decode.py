@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -149,8 +151,17 @@ class Decoder:
     def __init__(self, image_size: int, max_pixels: int | None = None, normalise: bool = True):
         self.image_size = image_size
         self.max_pixels = max_pixels
-        self.transform = eval_transform(image_size)  # PIL -> normalised float [3, S, S]
-        self._to_pixels = self.transform if normalise else eval_transform_uint8(image_size)
+        self.normalise = normalise
+
+    # built at the first image: the transforms import torchvision, seconds that a run with nothing to decode skips
+    @cached_property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL RGB image -> normalised float [3, S, S]."""
+        return eval_transform(self.image_size)
+
+    @cached_property
+    def _to_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
+        return self.transform if self.normalise else eval_transform_uint8(self.image_size)
 
     def __call__(self, source: Source) -> Decoded:
         rgb, info = load_rgb(source, self.image_size, self.max_pixels)
