@@ -38,7 +38,8 @@ class ImageEmbedder:
             self._prepare(model)
         else:  # the checkpoint's header: config and identity (tensors are memory-mapped, not read)
             summary = checkpoint_summary(model)
-            self.path, config, self.identity = Path(model), ModelConfig.from_dict(summary["config"]), summary["identity"]
+            self.path, self.identity = Path(model), summary["identity"]
+            config = ModelConfig.from_dict(summary["config"])
         self.image_size = config.image_size
         self.dim = config.embed_dim
 

@@ -15,11 +15,14 @@ import numpy as np
 
 from retrieval.errors import ConfigError, IndexStoreError
 
-FLAT_LIMIT = 50_000  # exact search up to here: ~10 ms a query at D=512 on one core
+# Measured with scripts/bench_query.py, one query on one core (BENCHMARKS.md, "Query latency and index types").
+FLAT_LIMIT = 25_000  # exact search up to here at D=256 (p50 ~1.7 ms; 2.05 ms at 30k); scaled by 256 / D
+FLAT_DIM = 256  # the dimension FLAT_LIMIT was measured at: exact search time grows with count x dim
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes the index may take in RAM
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128  # recall@10 > 0.95 on unit vectors at D <= 512 (the performance issue tunes these)
+HNSW_EF_SEARCH = 256  # 1M vectors, D=256, no near-duplicates: recall@10 0.97 at 1.2 ms (128: 0.93)
+IVF_MIN_NPROBE = 16  # recall@10 >= 0.97 at 1,264 and 4,000 lists on the same data (4: 0.90 and 0.51)
 TRAIN_POINTS_PER_LIST = 256  # IVF training sample size per list (FAISS uses at most this many)
 MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per list
 ALIASES = ("auto", "flat", "hnsw", "ivf")
@@ -30,13 +33,18 @@ def ivf_lists(count: int) -> int:
     return max(1, min(int(4 * math.sqrt(count)), count // MIN_POINTS_PER_LIST))
 
 
+def ivf_nprobe(nlist: int) -> int:
+    """Lists an IVF search visits: at least 16, and 1/128 of them (31 of 4,000) for recall@10 >= 0.95."""
+    return min(nlist, max(IVF_MIN_NPROBE, nlist // 128))
+
+
 def choose_index_type(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> str:
     """The factory string for ``count`` vectors of ``dim`` floats within ``memory_budget`` bytes.
 
-    Exact search while it is fast; then HNSW (full vectors plus a graph of 2*M links each); then IVF over
-    full vectors; then IVF over 8-bit scalar-quantised vectors when full ones do not fit.
+    Exact search while one query takes about 2 ms; then HNSW (full vectors plus a graph of 2*M links
+    each); then IVF over full vectors; then IVF over 8-bit scalar-quantised vectors when full ones do not fit.
     """
-    if count <= FLAT_LIMIT:
+    if count * dim <= FLAT_LIMIT * FLAT_DIM:
         return "Flat"
     full = count * dim * 4
     if full + count * HNSW_M * 2 * 8 <= memory_budget:
@@ -112,7 +120,7 @@ def _tune(index: faiss.Index) -> None:
         inner.hnsw.efSearch = max(inner.hnsw.efSearch, HNSW_EF_SEARCH)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        ivf.nprobe = min(ivf.nlist, max(ivf.nprobe, 2 * int(math.sqrt(ivf.nlist))))
+        ivf.nprobe = max(ivf.nprobe, ivf_nprobe(ivf.nlist))
 
 
 def add(index: faiss.Index, ids: np.ndarray | list[int], vectors: np.ndarray) -> None:
@@ -205,8 +213,10 @@ def save(index: faiss.Index, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike) -> faiss.Index:
-    """Read an index written by :func:`save`."""
+    """Read an index written by :func:`save` (search parameters raised to this version's, if lower)."""
     try:
-        return faiss.read_index(str(path))
+        index = faiss.read_index(str(path))
     except RuntimeError as exc:
         raise IndexStoreError(f"{path}: unreadable FAISS index ({_faiss_message(exc)})") from exc
+    _tune(index)
+    return index

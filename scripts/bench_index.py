@@ -60,7 +60,8 @@ def photo_folder(cache: Path, count: int, width: int, height: int, quality: int)
         for _ in range(6):
             x, y = rng.randrange(width), rng.randrange(height)
             box = (x, y, x + rng.randrange(40, width // 2), y + rng.randrange(40, height // 2))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(rng.randrange(256) for _ in range(3)))
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape(box, fill=tuple(rng.randrange(256) for _ in range(3)))
         path = folder / f"{n // 100:03d}" / f"img{n:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path, quality=quality)
@@ -110,7 +111,7 @@ def naive(files: list[Path], model: DualEncoder, device: torch.device) -> float:
 def decode_only(folder: Path, image_size: int, workers: int) -> float:
     """Images/s of the pipeline's per-file work (read, sniff, hash, decode) on ``workers`` threads."""
     jobs = [Job(entry) for entry in scan(folder)]
-    work = lambda job: prepare(job, folder, Decoder(image_size), set())  # noqa: E731
+    work = lambda job: prepare(job, folder, Decoder(image_size, normalise=False), set())  # noqa: E731
     start = time.perf_counter()
     for item in in_order(work, jobs, workers, 4 * max(workers, 1)):
         assert item.pixels is not None, item.error
@@ -127,7 +128,8 @@ def models(args: argparse.Namespace, work: Path) -> list[tuple[str, DualEncoder]
         backbone, size = spec.split(":")
         torch.manual_seed(0)
         config = ModelConfig(backbone=backbone, image_size=int(size))
-        chosen.append((f"{backbone}@{size} (random)", DualEncoder(config, Vocabulary.build(["a photo"]), pretrained=False)))
+        model = DualEncoder(config, Vocabulary.build(["a photo"]), pretrained=False)
+        chosen.append((f"{backbone}@{size} (random)", model))
     for path in paths:
         if Path(path).is_file():
             chosen.append((f"{Path(path).name}", load_model(path)))

@@ -13,7 +13,8 @@
    exact search, and bytes per million vectors, for exact Flat, HNSW (efSearch), IVF (nprobe) and the
    compressed IVF-SQ8 (and IVF-PQ with ``--types``). ``*`` marks what ``choose_index_type`` picks at that
    size, as ``indexer.vectors`` tunes it. An IVF build estimated from the previous size to exceed
-   ``--max-build-s`` is skipped and says so.
+   ``--max-build-s`` is skipped and says so. ``--burst 1`` (no bursts of near-duplicate photos) is the
+   hard case for approximate search: every neighbour sits in a crowd of equally near vectors.
 
 Everything is generated locally (no network). Timings on a busy machine are noisy: the header prints
 the load average. Single queries run on ``--threads`` threads (default 1: one query per server thread).
@@ -205,14 +206,16 @@ def training_work(factory: str, n: int) -> float:
 
 
 def bench_faiss(n: int, centres: np.ndarray, kinds: Sequence[str], query_count: int, threads: int,
-                build_threads: int, max_build_s: float, measured: dict[str, tuple[float, float]]) -> None:
+                build_threads: int, max_build_s: float, measured: dict[str, tuple[float, float]],
+                burst: int = 20) -> None:
     """One size; ``measured`` (kind -> (training work, build seconds) at the last size) skips IVF builds
     that would take longer than ``max_build_s`` (k-means grows with lists x points, ~N^1.5)."""
     dim = centres.shape[1]
     started = time.perf_counter()
-    base, queries = clustered(n, centres, query_count, seed=n)
+    base, queries = clustered(n, centres, query_count, seed=n, per_group=burst)
     ids = np.arange(1, n + 1, dtype=np.int64)  # SQLite ids start at 1
-    print(f"\n[{n:,} vectors, D={dim}: generated in {time.perf_counter() - started:.1f} s]", flush=True)
+    print(f"\n[{n:,} vectors, D={dim}, bursts of {burst}: generated in {time.perf_counter() - started:.1f} s]",
+          flush=True)
     chosen = vectors.choose_index_type(n, dim)
     truth = np.empty(0)
     rows = []
@@ -268,6 +271,8 @@ def main() -> int:
                         help=f"FAISS kinds among {','.join(TYPES)} (pq trains slowly: minutes at 10k)")
     parser.add_argument("--max-build-s", type=float, default=180,
                         help="skip an IVF build estimated (from the previous size) to take longer than this")
+    parser.add_argument("--burst", type=int, default=20,
+                        help="vectors per burst of near-duplicates; 1 is the hard case for ANN (no bursts)")
     parser.add_argument("--images", type=int, default=300, help="generated images in the warm-query index")
     parser.add_argument("--queries", type=int, default=200, help="distinct queries per measurement")
     parser.add_argument("--cold-runs", type=int, default=5, help="runs of each cold command")
@@ -303,7 +308,7 @@ def main() -> int:
             measured: dict[str, tuple[float, float]] = {}
             for n in sizes:
                 bench_faiss(n, centres, kinds, args.queries, args.threads, args.build_threads, args.max_build_s,
-                            measured)
+                            measured, args.burst)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
