@@ -2,7 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
 from typing import Any
+
+DEFAULT_MODEL_NAME = "default_model.pt"
+
+
+def default_model_path() -> Path:
+    """The shipped default model (package ``vlsearch_data``, the repository's ``data/`` folder)."""
+    return Path(str(resources.files("vlsearch_data").joinpath(DEFAULT_MODEL_NAME)))
 
 
 @dataclass
@@ -41,6 +50,7 @@ class TrainConfig:
     loss: str = "infonce"  # "infonce" | "hinge" (VSE++ hardest negative) | "hinge-sum"
     margin: float = 0.2  # hinge margin
     hinge_warmup_epochs: int = 1  # with loss="hinge": sum over negatives for these epochs first
+    captions_per_image: int = 1  # captions (each with its own hard negative) per image in a step
     augment: bool = True  # random resized crops + flips for training images
     flip: bool = True  # horizontal flips (turn off when captions speak of left/right)
     workers: int = 2  # DataLoader decoding workers

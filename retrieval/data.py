@@ -1,7 +1,9 @@
 """Training data: (image, caption) pairs as tensors, decoded by DataLoader workers or cached in memory.
 
-Each epoch shows every image once with one of its captions drawn at random, so a batch never holds
-the same image twice (a duplicate would be a false negative for the contrastive losses).
+Each epoch shows every image once with ``captions_per_image`` of its captions drawn at random, so a batch
+never holds the same image twice (a duplicate would be a false negative for the contrastive losses).
+Several captions per image cost little (the GRU is cheap next to the CNN) and give the text branch, and
+the hard negatives, that many more examples per image forward.
 """
 from __future__ import annotations
 
@@ -30,9 +32,10 @@ def open_rgb(path: str) -> Image.Image:
 
 @dataclass
 class Batch:
-    """A collated batch. Shapes: images [B, 3, S, S] (or cached features [B, F]), tokens [B, L],
-    lengths [B], negatives [B, Ln] with negative_lengths [B] and negative_mask [B] (None without negatives);
-    ``failed``: dataset indices of images in this batch that could not be decoded (left out of it)."""
+    """A collated batch of B images with K captions each. Shapes: images [B, 3, S, S] (or cached features
+    [B, F]); tokens [K*B, L] and lengths [K*B], slot-major (row k*B + i is caption slot k of image i);
+    negatives [K*B, Ln] with negative_lengths and negative_mask [K*B] (None without negatives), one per
+    caption row; ``failed``: dataset indices of images in this batch that could not be decoded (left out)."""
 
     images: torch.Tensor
     tokens: torch.Tensor
@@ -43,52 +46,67 @@ class Batch:
     failed: list[int]
 
 
+Sample = tuple[torch.Tensor, list[list[int]], list[list[int] | None]]
+
+
 class PairDataset(Dataset):
-    """One (image, caption, optional hard negative) per image per epoch; call :meth:`set_epoch` first."""
+    """One image per epoch with ``captions_per_image`` captions (and a hard negative for each, when the
+    item has negatives); call :meth:`set_epoch` first."""
 
     def __init__(self, items: Sequence[ImageCaptions], vocab: Vocabulary,
-                 load_image: Callable[[int], torch.Tensor | None], seed: int = 0):
+                 load_image: Callable[[int], torch.Tensor | None], seed: int = 0, captions_per_image: int = 1):
         self.items = items
         self.vocab = vocab
         self.load_image = load_image
         self.seed = seed
-        self.choices: list[tuple[int, int, int]] = []
+        self.captions_per_image = captions_per_image
+        self.choices: list[tuple[int, list[int], list[int]]] = []
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's order and captions deterministically from (seed, epoch)."""
+        """Draw this epoch's order, captions and negatives deterministically from (seed, epoch)."""
         rng = random.Random(self.seed * 100_003 + epoch)
         order = list(range(len(self.items)))
         rng.shuffle(order)
-        self.choices = [(i, rng.randrange(len(self.items[i].captions)),
-                         rng.randrange(len(self.items[i].negatives)) if self.items[i].negatives else -1)
+        self.choices = [(i, self._draw(rng, len(self.items[i].captions)), self._draw(rng, len(self.items[i].negatives)))
                         for i in order]
+
+    def _draw(self, rng: random.Random, available: int) -> list[int]:
+        """``captions_per_image`` indices into ``available``: distinct while they last; all -1 when there are none."""
+        if not available:
+            return [-1] * self.captions_per_image
+        drawn: list[int] = []
+        while len(drawn) < self.captions_per_image:
+            drawn += rng.sample(range(available), min(available, self.captions_per_image - len(drawn)))
+        return drawn
 
     def __len__(self) -> int:
         return len(self.choices)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, list[int], list[int] | None] | int:
-        index, caption, negative = self.choices[k]
+    def __getitem__(self, k: int) -> Sample | int:
+        index, captions, negatives = self.choices[k]
         image = self.load_image(index)
         if image is None:  # unreadable file: collate leaves it out and reports its index
             return index
         item = self.items[index]
-        return (image, self.vocab.encode(item.captions[caption]),
-                self.vocab.encode(item.negatives[negative]) if negative >= 0 else None)
+        return (image, [self.vocab.encode(item.captions[c]) for c in captions],
+                [self.vocab.encode(item.negatives[n]) if n >= 0 else None for n in negatives])
 
 
-def collate(samples: list[tuple[torch.Tensor, list[int], list[int] | None] | int]) -> Batch:
+def collate(samples: list[Sample | int]) -> Batch:
     failed = [s for s in samples if isinstance(s, int)]
     samples = [s for s in samples if not isinstance(s, int)]
     if not samples:
         return Batch(torch.empty(0), torch.empty(0, 1, dtype=torch.long), torch.empty(0, dtype=torch.long),
                      None, None, None, failed)
     images = torch.stack([s[0] for s in samples])
-    tokens, lengths = pad_batch([s[1] for s in samples])
-    if all(s[2] is None for s in samples):
+    slots = range(len(samples[0][1]))
+    tokens, lengths = pad_batch([s[1][k] for k in slots for s in samples])
+    negatives = [s[2][k] for k in slots for s in samples]
+    if all(n is None for n in negatives):
         return Batch(images, tokens, lengths, None, None, None, failed)
-    mask = torch.tensor([s[2] is not None for s in samples])
-    negatives, negative_lengths = pad_batch([s[2] if s[2] is not None else [0] for s in samples])
-    return Batch(images, tokens, lengths, negatives, negative_lengths, mask, failed)
+    mask = torch.tensor([n is not None for n in negatives])
+    padded, negative_lengths = pad_batch([n if n is not None else [0] for n in negatives])
+    return Batch(images, tokens, lengths, padded, negative_lengths, mask, failed)
 
 
 def cache_images(items: Sequence[ImageCaptions], image_size: int) -> tuple[torch.Tensor, list[int]]:

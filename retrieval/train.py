@@ -179,7 +179,8 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
     if not train_items or not val_items:
         raise CaptionsError(f"no readable images left to train on ({len(skipped)} could not be decoded)")
     # streaming: an unreadable file makes load() return None and collate drops it
-    dataset = PairDataset(train_items, model.vocab, train_source.load, seed=config.seed)
+    dataset = PairDataset(train_items, model.vocab, train_source.load, seed=config.seed,
+                          captions_per_image=config.captions_per_image)
     loader_kwargs = {"num_workers": config.workers, "persistent_workers": False} if train_source.streaming else {}
     loss_fn = make_loss(config.loss, config.margin).to(device)
     warm_loss_fn = make_loss("hinge-sum", config.margin).to(device) if config.loss == "hinge" else loss_fn
@@ -210,11 +211,11 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
         started, seen, total_loss = time.perf_counter(), 0, 0.0
         for step, batch in enumerate(loader, 1):
             skipped.extend(str(train_items[i].image) for i in batch.failed if str(train_items[i].image) not in skipped)
-            if len(batch.tokens) < 2:  # a contrastive step needs at least one negative
+            if len(batch.images) < 2:  # a contrastive step needs at least one negative
                 continue
             loss = _train_step(model, train_source, active_loss, batch, device, dtype, optimizer, config.grad_clip)
             scheduler.step()
-            seen += len(batch.tokens)
+            seen += len(batch.images)
             total_loss += loss
             if on_event:
                 on_event(StepEvent(epoch, step, len(loader), loss, seen / (time.perf_counter() - started)))
@@ -243,11 +244,14 @@ def _train_step(model: DualEncoder, source: _ImageSource, loss_fn: torch.nn.Modu
     with autocast(device, dtype):
         images = source.embed(batch.images).float()
         texts = model.encode_text(batch.tokens.to(device), batch.lengths).float()
-        negatives = None
+        negatives = mask = None
         if batch.negatives is not None:
             negatives = model.encode_text(batch.negatives.to(device), batch.negative_lengths).float()
-        mask = batch.negative_mask.to(device) if batch.negative_mask is not None else None
-        loss = loss_fn(images, texts, negatives, mask)
+            mask = batch.negative_mask.to(device)
+        # one contrastive loss per caption slot: each is B x B with distinct images, so no false negatives
+        slots = [slice(k, k + len(images)) for k in range(0, len(texts), len(images))]
+        loss = torch.stack([loss_fn(images, texts[s], None if negatives is None else negatives[s],
+                                    None if mask is None else mask[s]) for s in slots]).mean()
     loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -18,8 +18,10 @@ from PIL import Image
 from retrieval.captions import ImageCaptions, load_captions
 from retrieval.checkpoint import checkpoint_summary, load_model
 from retrieval.config import ModelConfig, TrainConfig
+from retrieval.data import PairDataset, collate
 from retrieval.errors import CaptionsError, ConfigError
 from retrieval.evaluate import evaluate_model
+from retrieval.tokenizer import Vocabulary
 from retrieval.train import EpochEvent, StepEvent, train
 from trained_model import SHAPES, draw_shape
 
@@ -157,15 +159,36 @@ def test_unreadable_image_is_reported_when_streaming(shapes: Path, tmp_path: Pat
     assert result.skipped_images == [str(broken)]
 
 
-def test_hard_negatives_for_some_images_keep_the_loss_finite(shapes: Path, tmp_path: Path):
+@pytest.mark.parametrize("captions_per_image", [1, 3])
+def test_hard_negatives_for_some_images_keep_the_loss_finite(shapes: Path, tmp_path: Path, captions_per_image: int):
     # e.g. a JSONL file where only some records have "negatives": batches mix images with and without one
     items = split_items(shapes, "train", 32)
     swap = dict(zip(COLOURS, list(COLOURS)[1:] + list(COLOURS)[:1]))
     for item in items[::2]:
         colour = item.captions[0].split()[1]
         item.negatives = [item.captions[0].replace(colour, swap[colour])]  # "a red circle" -> "a green circle"
-    result = quick(shapes, tmp_path / "model.pt", replace(FAST, epochs=1, batch_size=16), items)
+    config = replace(FAST, epochs=1, batch_size=16, captions_per_image=captions_per_image)
+    result = quick(shapes, tmp_path / "model.pt", config, items)
     assert all(math.isfinite(e.loss) for e in result.history), [e.loss for e in result.history]
+
+
+def test_several_captions_per_image_are_distinct_and_slot_major():
+    items = [ImageCaptions(Path(f"{i}.png"), [f"a red circle {i}", f"there is a red circle {i}"], "train",
+                           [f"a blue circle {i}"] if i % 2 else []) for i in range(4)]
+    vocab = Vocabulary.build(c for item in items for c in item.captions + item.negatives)
+    dataset = PairDataset(items, vocab, lambda i: torch.full((3, 2, 2), float(i)), captions_per_image=3)
+    dataset.set_epoch(1)
+    for _, captions, negatives in dataset.choices:
+        assert sorted(captions[:2]) == [0, 1]  # both captions before any repeats
+    batch = collate([dataset[k] for k in range(len(dataset))])
+    order = [int(image[0, 0, 0]) for image in batch.images]
+    assert batch.tokens.shape[0] == 3 * len(order) and batch.negatives is not None
+    for slot in range(3):
+        for row, image in enumerate(order):
+            row_ids = batch.tokens[slot * len(order) + row].tolist()
+            # row k*B + i is a caption of image i (its last word is the image's number)
+            assert vocab.words[row_ids[batch.lengths[slot * len(order) + row] - 1]] == str(image)
+            assert bool(batch.negative_mask[slot * len(order) + row]) == bool(image % 2)
 
 
 def test_nothing_readable_to_train_on(shapes: Path, tmp_path: Path):
