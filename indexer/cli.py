@@ -73,15 +73,15 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
     from PIL import Image
 
     from indexer.pipeline import build_index
-    from retrieval.device import set_threads
+    from retrieval.device import default_threads
 
-    set_threads()
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
     try:
         with warnings.catch_warnings():  # big JPEGs are decoded at reduced size, so the warning misleads
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             summary = build_index(folder, index_dir, model=model, batch_size=batch_size, workers=workers,
-                                  device=device, index_type=index_type, rebuild=rebuild, progress=bar)
+                                  device=device, index_type=index_type, rebuild=rebuild, threads=default_threads(),
+                                  progress=bar)
     finally:
         bar.close()
     if quiet and summary.failures:

@@ -13,14 +13,15 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from retrieval.errors import VlsearchError
-from retrieval.transforms import eval_transform, eval_transform_uint8
+
+if TYPE_CHECKING:
+    import torch
 
 _ORIENTATION = 0x0112
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -153,14 +154,19 @@ class Decoder:
         self.max_pixels = max_pixels
         self.normalise = normalise
 
-    # built at the first image: the transforms import torchvision, seconds that a run with nothing to decode skips
+    # built at the first image: the transforms import torch and torchvision, seconds that a run with nothing
+    # to decode skips
     @cached_property
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL RGB image -> normalised float [3, S, S]."""
+        from retrieval.transforms import eval_transform
+
         return eval_transform(self.image_size)
 
     @cached_property
     def _to_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
+        from retrieval.transforms import eval_transform_uint8
+
         return self.transform if self.normalise else eval_transform_uint8(self.image_size)
 
     def __call__(self, source: Source) -> Decoded:

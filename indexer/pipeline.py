@@ -22,20 +22,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
-import torch
 
 from indexer import layout, vectors
 from indexer.decode import Decoder, DecodeError, ImageInfo, probe
-from indexer.embed import ImageEmbedder
+from indexer.embed import ImageEmbedder, ModelHeader
 from indexer.lock import IndexLock
 from indexer.scan import SNIFF_BYTES, FileEntry, content_hash, scan, sniff
 from indexer.store import ErrorRow, ImageRow, Store
-from retrieval.checkpoint import default_model_path
+from retrieval.config import default_model_path
 from retrieval.errors import CheckpointError, IndexStoreError
-from retrieval.model import DualEncoder
+
+if TYPE_CHECKING:  # torch loads at the first batch to embed: an unchanged re-index never imports it
+    import torch
+
+    from retrieval.model import DualEncoder
 
 ROWS_PER_COMMIT = 1024  # also commit this often when files need no CNN (a renamed folder, many failures)
 _UNLOADED = object()
@@ -283,6 +286,8 @@ class _Run:
         """The batch's new pixels through the CNN -> [B, D]; on the CPU, with the decoding threads paused."""
         if self.embedder.device.type == "cpu":
             self.decoding.clear()
+        import torch
+
         try:
             return self.embedder(torch.stack(self.pixels))  # uint8 [B, 3, S, S] -> [B, D]
         finally:
@@ -324,19 +329,43 @@ class _Run:
         layout.save_vectors(self.index_dir, index, self.store, factory)
 
 
-def _embedder(model: DualEncoder | str | os.PathLike | None, device: str, precision: str
-              ) -> tuple[ImageEmbedder, str | None]:
-    """The embedder and the model path to record (None for a model passed in loaded)."""
-    if isinstance(model, DualEncoder):
-        return ImageEmbedder(model, device, precision), None
+def _embedder(model: DualEncoder | str | os.PathLike | None, index_dir: Path, device: str, precision: str,
+              threads: int | None) -> tuple[ImageEmbedder, str | None, str | None]:
+    """The embedder, the model path to record and its "size:mtime_ns" (both None for a model passed in loaded).
+
+    A model file that this index recorded, with the same size and mtime, is not even opened: an unchanged
+    re-index then never imports torch. Any other file's header is read now, so a bad one fails before work.
+    """
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        return ImageEmbedder(model, device, precision, threads=threads), None, None
     path = Path(model) if model is not None else default_model_path()
     if model is None and not path.is_file():
         raise CheckpointError(f"no default model is installed yet (expected {path}); pass --model MODEL.pt")
-    return ImageEmbedder(path, device, precision), str(path.resolve())
+    resolved = str(path.resolve())
+    try:
+        stat = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    except OSError:
+        stat = None  # ModelHeader.read names the file and the problem
+    header = _recorded_header(index_dir, resolved, stat) if stat else None
+    return ImageEmbedder(path, device, precision, header=header, threads=threads), resolved, stat
 
 
-def _open_index(store: Store, embedder: ImageEmbedder, model_path: str | None, folder: Path, index_dir: Path,
-                rebuild: bool, index_type: str | None) -> str:
+def _recorded_header(index_dir: Path, model_path: str, model_stat: str) -> ModelHeader | None:
+    """The model's header as the index recorded it, if it recorded this very file (same size and mtime)."""
+    if not layout.db_path(index_dir).is_file():
+        return None
+    try:
+        with Store.open(layout.db_path(index_dir), readonly=True) as store:
+            meta = store.meta()
+    except IndexStoreError:
+        return None  # opened for writing next, which reports what is wrong
+    if meta.get("model_path") != model_path or meta.get("model_stat") != model_stat:
+        return None
+    return ModelHeader(meta["model"], int(meta["dim"]), int(meta["image_size"]))
+
+
+def _open_index(store: Store, embedder: ImageEmbedder, model_path: str | None, model_stat: str | None,
+                folder: Path, index_dir: Path, rebuild: bool, index_type: str | None) -> str:
     """Check the index fits this model and folder (or reset it for a rebuild); returns the index-type option."""
     meta = store.meta()
     if not rebuild:
@@ -351,8 +380,9 @@ def _open_index(store: Store, embedder: ImageEmbedder, model_path: str | None, f
         with store.write():
             store.reset()
     if model_path is None and meta.get("model") == embedder.identity:
-        model_path = meta.get("model_path")  # a model passed in loaded: keep the path recorded for it
-    store.set_meta(model=embedder.identity, model_path=model_path, dim=embedder.dim,
+        # a model passed in loaded: keep the path recorded for it
+        model_path, model_stat = meta.get("model_path"), meta.get("model_stat")
+    store.set_meta(model=embedder.identity, model_path=model_path, model_stat=model_stat, dim=embedder.dim,
                    image_size=embedder.image_size, root=layout.root_for_meta(folder, index_dir))
     return option
 
@@ -360,24 +390,25 @@ def _open_index(store: Store, embedder: ImageEmbedder, model_path: str | None, f
 def build_index(folder: str | os.PathLike, index_dir: str | os.PathLike | None = None, *,
                 model: DualEncoder | str | os.PathLike | None = None, batch_size: int = 32,
                 workers: int | None = None, device: str = "auto", precision: str = "auto",
-                index_type: str | None = None, rebuild: bool = False,
+                index_type: str | None = None, rebuild: bool = False, threads: int | None = None,
                 progress: Callable[[Progress], None] | None = None) -> IndexSummary:
     """Build or update the index of ``folder`` (default location ``folder/.vlsearch``).
 
     ``model``: a loaded model, a checkpoint path, or None for the shipped default model. ``workers``:
     decoding threads (0 decodes in this thread; default: CPU count, at most 8). ``index_type``: auto,
     flat, hnsw, ivf or a FAISS factory string (default: what the index used last, else auto).
-    ``rebuild``: forget everything and embed every file again.
+    ``rebuild``: forget everything and embed every file again. ``threads``: torch's intra-op threads for
+    the CNN (default: torch's own setting).
     """
     started = time.perf_counter()
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise IndexStoreError(f"{folder}: not a folder")
     index_dir = Path(index_dir).expanduser() if index_dir is not None else layout.default_index_dir(folder)
-    embedder, model_path = _embedder(model, device, precision)  # weights load at the first batch to embed
+    embedder, model_path, model_stat = _embedder(model, index_dir, device, precision, threads)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     with IndexLock(layout.lock_path(index_dir)), Store.open(layout.db_path(index_dir)) as store:
-        option = _open_index(store, embedder, model_path, folder, index_dir, rebuild, index_type)
+        option = _open_index(store, embedder, model_path, model_stat, folder, index_dir, rebuild, index_type)
         todo = plan(scan(folder, skip=[index_dir]), store.file_stats(), store.error_stats())
         run = _Run(store, embedder, index_dir, batch_size, todo)
         decoder = Decoder(embedder.image_size, normalise=False)  # uint8: the embedder normalises whole batches

@@ -10,25 +10,18 @@ import json
 import os
 import tempfile
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from retrieval.config import ModelConfig
+from retrieval.config import ModelConfig, default_model_path
 from retrieval.errors import CheckpointError
 from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
 
 FORMAT = "vlsearch-checkpoint"
 VERSION = 1
-DEFAULT_MODEL_NAME = "default_model.pt"
-
-
-def default_model_path() -> Path:
-    """The shipped default model (package ``vlsearch_data``, the repository's ``data/`` folder)."""
-    return Path(str(resources.files("vlsearch_data").joinpath(DEFAULT_MODEL_NAME)))
 
 
 def model_identity(config: dict[str, Any], vocab: list[str], state_dict: dict[str, torch.Tensor]) -> str:

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from retrieval.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used, so callers that only ask for default_threads() never load torch
+    import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -32,6 +35,8 @@ def cpu_supports_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    import torch
+
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
@@ -45,20 +50,22 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass; a no-op for fp32."""
+    import torch
+
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def default_threads() -> int:
+    """``VLSEARCH_THREADS``, else every core."""
+    return int(os.environ.get("VLSEARCH_THREADS", "0")) or (os.cpu_count() or 1)
+
+
 def set_threads(threads: int | None = None) -> int:
-    """Keep torch's intra-op threads explicit: ``VLSEARCH_THREADS`` or all cores by default."""
-    if threads is None:
-        threads = int(os.environ.get("VLSEARCH_THREADS", "0")) or (os.cpu_count() or 1)
+    """Keep torch's intra-op threads explicit: :func:`default_threads` unless given."""
+    import torch
+
+    threads = threads or default_threads()
     torch.set_num_threads(threads)
     return threads
-
-
-@contextlib.contextmanager
-def inference_mode() -> Iterator[None]:
-    with torch.inference_mode():
-        yield

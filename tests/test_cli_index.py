@@ -137,3 +137,33 @@ def test_progress_bar_shows_files_images_and_eta(monkeypatch: pytest.MonkeyPatch
     silent = _ProgressBar(enabled=False)
     silent(Progress(1, 10, 1, 1.0))
     assert silent.bar is None
+
+
+_RUN_AND_REPORT_TORCH = ("import sys; from retrieval.cli import main; sys.argv = ['vlsearch', *sys.argv[1:]]\n"
+                         "try:\n    main()\nexcept SystemExit as stop:\n    print('exit', stop.code)\n"
+                         "print('torch imported:', 'torch' in sys.modules)")
+
+
+def test_unchanged_reindex_never_imports_torch(image_folder: Path, tiny_model_path: Path, other_model_path: Path,
+                                               tmp_path: Path) -> None:
+    """Nothing to embed: the model's identity comes from the index (same file, size and mtime), so the
+    run skips torch's import, most of the time an unchanged re-index would otherwise take."""
+    import subprocess
+
+    model = tmp_path / "model.pt"
+    shutil.copy2(tiny_model_path, model)
+    assert run("index", image_folder, "--model", model, "-q").exit_code == 0
+
+    def index_in_a_new_process() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT_TORCH, "index", str(image_folder), "--model",
+                               str(model), "-q"], capture_output=True, text=True, timeout=120)
+        return done.stdout.splitlines() + done.stderr.splitlines()
+
+    unchanged = index_in_a_new_process()
+    assert unchanged[0].startswith(f"added 0, updated 0, removed 0, unchanged {IMAGE_COUNT}, "), unchanged
+    assert unchanged[1:] == ["torch imported: False"]
+    # the same path, now another model (new mtime): its header is read, and the index refuses it
+    shutil.copy(other_model_path, model)
+    refused = index_in_a_new_process()
+    assert refused[0] == "exit 1" and refused[1] == "torch imported: True", refused
+    assert any("was built with model" in line for line in refused[2:]), refused

@@ -104,11 +104,11 @@ def test_second_run_embeds_nothing(built: Path, image_folder: Path, tiny_model: 
 
 def test_model_weights_load_only_when_something_needs_the_cnn(image_folder: Path, tiny_model_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import indexer.embed
+    import retrieval.checkpoint
 
     loads = []
-    real = indexer.embed.load_model
-    monkeypatch.setattr(indexer.embed, "load_model", lambda *args, **kw: loads.append(args) or real(*args, **kw))
+    real = retrieval.checkpoint.load_model
+    monkeypatch.setattr(retrieval.checkpoint, "load_model", lambda *args, **kw: loads.append(args) or real(*args, **kw))
     assert build_index(image_folder, model=tiny_model_path).added == IMAGE_COUNT and len(loads) == 1
     assert build_index(image_folder, model=tiny_model_path).unchanged == IMAGE_COUNT and len(loads) == 1
     make_image(image_folder / "new.jpg", seed=77)
