@@ -49,6 +49,7 @@ class TrainConfig:
     grad_clip: float = 2.0
     loss: str = "infonce"  # "infonce" | "hinge" (VSE++ hardest negative) | "hinge-sum"
     margin: float = 0.2  # hinge margin
+    pair_weight: float = 0.0  # infonce: weight of each caption vs its hard negative alone (retrieval.loss)
     hinge_warmup_epochs: int = 1  # with loss="hinge": sum over negatives for these epochs first
     captions_per_image: int = 1  # captions (each with its own hard negative) per image in a step
     augment: bool = True  # random resized crops + flips for training images

@@ -59,12 +59,18 @@ class HingeLoss(nn.Module):
 
 
 class InfoNCELoss(nn.Module):
-    """Symmetric InfoNCE (CLIP-style) with a learnable temperature, capped at 1/100."""
+    """Symmetric InfoNCE (CLIP-style) with a learnable temperature, capped at 1/100.
 
-    def __init__(self, temperature: float = 0.07, learnable: bool = True):
+    ``pair_weight`` > 0 adds, for each image with a hard negative, ``pair_weight x log(1 + e^(scale x
+    (negative - positive)))``: the two-way choice between its caption and the swapped one, on its own,
+    so the swap is not diluted among the batch's B - 1 easy negatives.
+    """
+
+    def __init__(self, temperature: float = 0.07, learnable: bool = True, pair_weight: float = 0.0):
         super().__init__()
         scale = torch.tensor(math.log(1 / temperature))
         self.logit_scale = nn.Parameter(scale) if learnable else nn.Parameter(scale, requires_grad=False)
+        self.pair_weight = pair_weight
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor, negatives: torch.Tensor | None = None,
                 negative_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,13 +81,20 @@ class InfoNCELoss(nn.Module):
         extra = _extra_column(images, negatives, negative_mask, scale)
         if extra is not None:
             image_logits = torch.cat([logits, extra], dim=1)  # [B, B + 1]
-        return (F.cross_entropy(image_logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        loss = (F.cross_entropy(image_logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        if extra is not None and self.pair_weight > 0:
+            has = torch.isfinite(extra[:, 0])
+            if has.any():
+                margin = extra[has, 0] - logits.diagonal()[has]  # scaled: swapped minus true caption
+                loss = loss + self.pair_weight * F.softplus(margin).mean()
+        return loss
 
 
-def make_loss(name: str, margin: float = 0.2) -> nn.Module:
-    """``infonce``, ``hinge`` (hardest negative) or ``hinge-sum`` (sum over negatives)."""
+def make_loss(name: str, margin: float = 0.2, pair_weight: float = 0.0) -> nn.Module:
+    """``infonce``, ``hinge`` (hardest negative) or ``hinge-sum`` (sum over negatives); ``pair_weight``:
+    see :class:`InfoNCELoss`."""
     if name == "infonce":
-        return InfoNCELoss()
+        return InfoNCELoss(pair_weight=pair_weight)
     if name in ("hinge", "hinge-sum"):
         return HingeLoss(margin, max_violation=name == "hinge")
     raise ConfigError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")

@@ -182,7 +182,7 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
     dataset = PairDataset(train_items, model.vocab, train_source.load, seed=config.seed,
                           captions_per_image=config.captions_per_image)
     loader_kwargs = {"num_workers": config.workers, "persistent_workers": False} if train_source.streaming else {}
-    loss_fn = make_loss(config.loss, config.margin).to(device)
+    loss_fn = make_loss(config.loss, config.margin, config.pair_weight).to(device)
     warm_loss_fn = make_loss("hinge-sum", config.margin).to(device) if config.loss == "hinge" else loss_fn
 
     pretrained_backbone = model_config.weights != "none"

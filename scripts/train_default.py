@@ -64,7 +64,8 @@ def main() -> int:
     parser.add_argument("--test-count", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--loss", default="infonce")
-    parser.add_argument("--captions-per-image", type=int, default=5)
+    parser.add_argument("--captions-per-image", type=int, default=2)
+    parser.add_argument("--pair-weight", type=float, default=0.0)
     parser.add_argument("--no-negatives", action="store_true", help="train without swapped-caption negatives")
     parser.add_argument("--init", type=Path, help="start from this checkpoint instead of from scratch")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for shipping)")
@@ -91,7 +92,7 @@ def main() -> int:
         if args.eval_only:
             break
         config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, loss=args.loss, augment=False,
-                             captions_per_image=args.captions_per_image,
+                             captions_per_image=args.captions_per_image, pair_weight=args.pair_weight,
                              flip=False, warmup_epochs=1.0, weight_decay=1e-4,
                              seed=number - (0 if args.init else 1))  # a run continued with --init is stage 2
         result = train(to_items(corpus, by_split["train"], not args.no_negatives, CORPUS_SEED),

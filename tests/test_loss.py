@@ -114,6 +114,19 @@ def test_infonce_hard_negative_counts_only_where_close():
     assert loss(images, texts, negatives, torch.tensor([False, False, False])).item() == pytest.approx(base.item())
 
 
+def test_infonce_pair_term_by_hand():
+    # scores: positives 0.07 (diagonal), other captions 0, image 0's swapped caption 0.14, image 1 has none;
+    # at temperature 0.07 the pair term for image 0 is log(1 + e^(2 - 1)); image 1 adds nothing
+    images, texts = torch.eye(2), 0.07 * torch.eye(2)
+    negatives, mask = torch.tensor([[0.14, 0.0], [0.0, 0.0]]), torch.tensor([True, False])
+    plain = InfoNCELoss(0.07, learnable=False)(images, texts, negatives, mask)
+    paired = InfoNCELoss(0.07, learnable=False, pair_weight=0.5)(images, texts, negatives, mask)
+    assert (paired - plain).item() == pytest.approx(0.5 * math.log1p(math.e), rel=1e-5)
+    none = torch.tensor([False, False])
+    assert InfoNCELoss(0.07, learnable=False, pair_weight=0.5)(images, texts, negatives, none).item() == \
+        pytest.approx(InfoNCELoss(0.07, learnable=False)(images, texts).item())
+
+
 @pytest.mark.parametrize("name", ["infonce", "hinge", "hinge-sum"])
 def test_partially_masked_negatives_give_finite_gradients(name: str):
     # A batch where only some images have a hard negative (a JSONL file with optional negatives).
@@ -121,7 +134,7 @@ def test_partially_masked_negatives_give_finite_gradients(name: str):
     images = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()
     texts = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()
     negatives = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()
-    loss_fn = make_loss(name)
+    loss_fn = make_loss(name, pair_weight=1.0)
     loss = loss_fn(images, texts, negatives, torch.tensor([True, False, True, False]))
     loss.backward()
     assert torch.isfinite(loss)
