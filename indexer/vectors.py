@@ -16,7 +16,7 @@ import numpy as np
 from retrieval.errors import ConfigError, IndexStoreError
 
 # Measured with scripts/bench_query.py, one query on one core (BENCHMARKS.md, "Query latency and index types").
-FLAT_LIMIT = 25_000  # exact search up to here at D=256 (p50 ~1.7 ms; 2.05 ms at 30k); scaled by 256 / D
+FLAT_LIMIT = 25_000  # exact search up to here at D=256 (p50 2.0 ms; 1.6 ms at 20k, 2.7 at 30k); scaled by 256 / D
 FLAT_DIM = 256  # the dimension FLAT_LIMIT was measured at: exact search time grows with count x dim
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes the index may take in RAM
 HNSW_M = 32
