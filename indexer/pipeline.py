@@ -343,7 +343,8 @@ def _embedder(model: DualEncoder | str | os.PathLike | None, index_dir: Path, de
         raise CheckpointError(f"no default model is installed yet (expected {path}); pass --model MODEL.pt")
     resolved = str(path.resolve())
     try:
-        stat = f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+        info = path.stat()
+        stat = f"{info.st_size}:{info.st_mtime_ns}"
     except OSError:
         stat = None  # ModelHeader.read names the file and the problem
     header = _recorded_header(index_dir, resolved, stat) if stat else None

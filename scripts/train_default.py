@@ -1,10 +1,12 @@
 """Reproduce the shipped default model from scratch: generate scenes -> train -> evaluate -> write.
 
-    python scripts/train_default.py            # ~45 min on 2 idle CPU cores; writes data/default_model.pt + .json
+    python scripts/train_default.py            # ~30 min on 2 idle CPU cores; writes data/default_model.pt + .json
     python scripts/train_default.py --quick    # a 2-minute smoke run into runs/ (not for shipping)
 
 Training uses swapped-attribute captions (same words, attributes exchanged between objects, or the
-relation reversed) as extra negatives, so the GRU must bind attributes to objects in word order.
+relation reversed) as extra negatives, so the GRU must bind attributes to objects in word order, and two
+captions of each image per step (each with its own swapped negative): the GRU costs little next to the
+CNN, and this reached the quality of 200,000 one-caption image steps in 120,000.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from retrieval.train import EpochEvent, StepEvent, train  # noqa: E402
 CORPUS_SEED = 1  # the demo uses other seeds, so its images are unseen by training
 QUERY_SEED = 0
 
-DEFAULT_STAGES = "10000:10:1e-3,20000:5:5e-4"
+DEFAULT_STAGES = "20000:6:1e-3"
 MODEL = ModelConfig(backbone="resnet18", image_size=64, pool="grid2", embed_dim=256, word_dim=128, hidden_size=256)
 
 
