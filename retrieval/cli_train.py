@@ -44,6 +44,9 @@ def _warn_missing(captions_set, label: str) -> None:  # type: ignore[no-untyped-
 @click.option("--margin", default=0.2, show_default=True, type=float)
 @click.option("--captions-per-image", default=1, show_default=True, type=click.IntRange(1, 100),
               help="Captions of each image used in one step (COCO has 5); each adds a text-side loss term.")
+@click.option("--pair-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="infonce, with hard negatives in the captions file: weight of each caption against its own "
+                   "negative alone (1 taught the scenes model to bind attributes).")
 @click.option("--freeze-backbone", is_flag=True, help="Train only the projections and the text branch.")
 @click.option("--feature-cache", is_flag=True, help="With --freeze-backbone: compute image features once.")
 @click.option("--no-augment", is_flag=True, help="No random crops/flips (images are then decoded once, in memory).")
@@ -54,7 +57,7 @@ def _warn_missing(captions_set, label: str) -> None:  # type: ignore[no-untyped-
 def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str, val_captions: Path | None,
           split: str, backbone: str, weights: str, image_size: int, pool: str, embed_dim: int, hidden_size: int,
           epochs: int, batch_size: int, lr: float, loss: str, margin: float, captions_per_image: int,
-          freeze_backbone: bool,
+          pair_weight: float, freeze_backbone: bool,
           feature_cache: bool, no_augment: bool, no_flip: bool, workers: int, device: str, seed: int) -> None:
     """Train a model on captioned images; keeps the best epoch by validation rsum.
 
@@ -77,7 +80,7 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
     model_config = ModelConfig(backbone=backbone, weights=weights, image_size=image_size, pool=pool,
                                embed_dim=embed_dim, hidden_size=hidden_size, freeze_backbone=freeze_backbone)
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, margin=margin,
-                               captions_per_image=captions_per_image,
+                               captions_per_image=captions_per_image, pair_weight=pair_weight,
                                augment=not no_augment, flip=not no_flip, workers=workers, device=device, seed=seed,
                                feature_cache=feature_cache)
     click.echo(f"training on {len(train_set.items)} images / {train_set.caption_count} captions, "

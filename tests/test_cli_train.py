@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from retrieval.checkpoint import checkpoint_summary
 from retrieval.cli import cli, main
 from retrieval.errors import CaptionsError
 
@@ -52,7 +53,8 @@ def captions(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(captions: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("cli-model") / "model.pt"
     result = CliRunner().invoke(cli, ["train", "--captions", str(captions), "--out", str(out), "--epochs", "2",
-                                      "--no-augment", *TINY_OPTIONS])
+                                      "--no-augment", "--captions-per-image", "2", "--pair-weight", "0.5",
+                                      *TINY_OPTIONS])
     return result, out
 
 
@@ -73,6 +75,8 @@ def test_train_writes_a_checkpoint_and_reports_the_best_epoch(trained):  # type:
     assert str(out) in result.stdout
     assert "training on 18 images / 18 captions, validating on 6 images" in result.stderr
     assert "epoch 1: loss" in result.stderr and "epoch 2: loss" in result.stderr
+    recorded = checkpoint_summary(out)["train_config"]
+    assert (recorded["captions_per_image"], recorded["pair_weight"]) == (2, 0.5)
 
 
 def test_eval_json_schema(trained, captions: Path):  # type: ignore[no-untyped-def]
