@@ -70,7 +70,8 @@ class QueryResult:
         return min(len(self.hits), self.matching)
 
     def summary(self) -> str:
-        return f"{self.matching} images match; the top {len(self.hits)} hold {self.found} of {self.possible} possible"
+        matches = "1 image matches" if self.matching == 1 else f"{self.matching} images match"
+        return f"{matches}; the top {len(self.hits)} hold {self.found} of {self.possible} possible"
 
 
 @dataclass
