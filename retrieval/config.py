@@ -1,4 +1,5 @@
-"""Configuration dataclasses. A checkpoint stores ``asdict(ModelConfig)`` and rebuilds the model from it."""
+"""Configuration: the model and training dataclasses (a checkpoint stores ``asdict(ModelConfig)`` and rebuilds
+the model from it), and where the shipped default model lives (torch-free, so the indexer can ask cheaply)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
