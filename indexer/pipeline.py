@@ -284,10 +284,10 @@ class _Run:
 
     def _embed(self) -> np.ndarray:
         """The batch's new pixels through the CNN -> [B, D]; on the CPU, with the decoding threads paused."""
-        if self.embedder.device.type == "cpu":
-            self.decoding.clear()
         import torch
 
+        if self.embedder.device.type == "cpu":
+            self.decoding.clear()
         try:
             return self.embedder(torch.stack(self.pixels))  # uint8 [B, 3, S, S] -> [B, D]
         finally:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from retrieval.captions import ImageCaptions
 from retrieval.model import pad_batch
 from retrieval.tokenizer import Vocabulary
-from retrieval.transforms import eval_transform_uint8, normalize_uint8  # noqa: F401 (normalize_uint8: re-exported)
+from retrieval.transforms import eval_transform_uint8
 
 
 def open_rgb(path: str) -> Image.Image:

@@ -128,8 +128,9 @@ def encode_items(model: Any, items: Sequence[Any], device: Any = "cpu") -> Encod
     """Decode (once, at the model's size) and encode every image and caption of ``items``."""
     import torch
 
-    from retrieval.data import cache_images, normalize_uint8
+    from retrieval.data import cache_images
     from retrieval.device import resolve_precision
+    from retrieval.transforms import normalize_uint8
 
     device = torch.device(device)
     pixels, failed_rows = cache_images(items, model.config.image_size)

@@ -20,14 +20,14 @@ from torch.utils.data import DataLoader
 from retrieval.captions import ImageCaptions
 from retrieval.checkpoint import save_checkpoint
 from retrieval.config import ModelConfig, TrainConfig
-from retrieval.data import Batch, PairDataset, cache_images, collate, normalize_uint8, open_rgb
+from retrieval.data import Batch, PairDataset, cache_images, collate, open_rgb
 from retrieval.device import autocast, resolve_device, resolve_precision, set_threads
 from retrieval.errors import CaptionsError
 from retrieval.evaluate import EvalResult, embed_set, folded_metrics
 from retrieval.loss import make_loss
 from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
-from retrieval.transforms import train_transform
+from retrieval.transforms import normalize_uint8, train_transform
 
 # Collapsed = the image embeddings crowd onto one point (mean cosine between different images above this)
 # *and* retrieval is near chance; early in training the first alone is common and harmless.
