@@ -16,7 +16,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,9 +51,26 @@ def to_items(root: Path, records: list[SceneRecord], with_negatives: bool, seed:
     return items
 
 
-def parse_stages(text: str) -> list[tuple[int, int, float]]:
-    """"10000:10:1e-3,20000:4:5e-4" -> [(training images, epochs, learning rate), ...]."""
-    return [(int(n), int(e), float(lr)) for n, e, lr in (stage.split(":") for stage in text.split(","))]
+@dataclass(frozen=True)
+class Stage:
+    images: int  # training scenes
+    epochs: int
+    lr: float
+    frozen: bool  # train the heads on cached trunk features (about 10x the images/s)
+
+
+def parse_stages(text: str) -> list[Stage]:
+    """"20000:5:1e-3,20000:6:3e-4:frozen" -> one Stage per comma-separated IMAGES:EPOCHS:LR[:frozen]."""
+    stages = []
+    for stage in text.split(","):
+        try:
+            images, epochs, lr, *flag = stage.split(":")
+            if flag not in ([], ["frozen"]):
+                raise ValueError(flag)
+            stages.append(Stage(int(images), int(epochs), float(lr), flag == ["frozen"]))
+        except ValueError:
+            raise SystemExit(f"stage {stage!r}: expected IMAGES:EPOCHS:LR or IMAGES:EPOCHS:LR:frozen") from None
+    return stages
 
 
 def main() -> int:
@@ -61,8 +78,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "default", help="corpus and scratch folder")
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "default_model.pt")
     parser.add_argument("--stages", default=DEFAULT_STAGES,
-                        help="training stages IMAGES:EPOCHS:LR, each continuing from the previous one on a larger "
-                             "corpus (default: %(default)s)")
+                        help="training stages IMAGES:EPOCHS:LR[:frozen], each continuing from the previous one "
+                             "on a larger corpus; 'frozen' trains on cached trunk features (default: %(default)s)")
     parser.add_argument("--val-count", type=int, default=500)
     parser.add_argument("--test-count", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -76,32 +93,34 @@ def main() -> int:
     parser.add_argument("--eval-only", action="store_true", help="no training: write and measure --init as --out")
     args = parser.parse_args()
     if args.quick:
-        args.stages, args.val_count, args.test_count = "1500:3:1e-3", 200, 200
+        args.stages, args.val_count, args.test_count = "1500:3:1e-3,1500:2:1e-3:frozen", 200, 200
         args.out = args.work / "quick_model.pt"
     started = time.perf_counter()
     corpus = args.work / "corpus"
     model = load_model(args.init) if args.init else None
     stages = parse_stages(args.stages)
-    for number, (train_count, epochs, lr) in enumerate(stages, 1):
+    for number, stage in enumerate(stages, 1):
         if args.eval_only:  # only lay out the last stage's corpus, to measure --init on its test split
-            number, (train_count, epochs, lr) = len(stages), stages[-1]
+            number, stage = len(stages), stages[-1]
         # example i of a seed never changes, so a larger corpus extends the previous one with new scenes;
         # val and test are the scenes right after the training ones, never trained on in this stage
-        total = train_count + args.val_count + args.test_count
-        print(f"stage {number}: {train_count} training scenes, {epochs} epochs, lr {lr}", flush=True)
+        total = stage.images + args.val_count + args.test_count
+        print(f"stage {number}: {stage.images} training scenes, {stage.epochs} epochs, lr {stage.lr}"
+              f"{', frozen trunk' if stage.frozen else ''}", flush=True)
         export_corpus(corpus, total, CORPUS_SEED, image_size=MODEL.image_size,
-                      splits=(train_count, args.val_count, args.test_count), workers=2)
+                      splits=(stage.images, args.val_count, args.test_count), workers=2)
         records = list(load_records(corpus).values())
         by_split = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
         if args.eval_only:
             break
-        config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, loss=args.loss, augment=False,
-                             captions_per_image=args.captions_per_image, pair_weight=args.pair_weight,
-                             flip=False, warmup_epochs=1.0, weight_decay=1e-4,
+        config = TrainConfig(epochs=stage.epochs, batch_size=args.batch_size, lr=stage.lr, loss=args.loss,
+                             augment=False, captions_per_image=args.captions_per_image, pair_weight=args.pair_weight,
+                             flip=False, warmup_epochs=1.0, weight_decay=1e-4, feature_cache=stage.frozen,
                              seed=number - (0 if args.init else 1))  # a run continued with --init is stage 2
         result = train(to_items(corpus, by_split["train"], not args.no_negatives, CORPUS_SEED),
-                       to_items(corpus, by_split["val"], False, CORPUS_SEED), MODEL, config,
-                       args.work / f"stage{number}.pt", report, model)
+                       to_items(corpus, by_split["val"], False, CORPUS_SEED),
+                       replace(MODEL, freeze_backbone=stage.frozen), config, args.work / f"stage{number}.pt",
+                       report, model)
         model = load_model(result.path)
         print(f"stage {number} done: best epoch {result.best_epoch}, {time.perf_counter() - started:.0f} s", flush=True)
     trained = time.perf_counter()

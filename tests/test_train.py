@@ -100,6 +100,21 @@ def test_training_beats_chance_on_held_out_images(trained, shapes: Path):  # typ
     assert metrics.t2i.r10 >= 3 * 100 * 10 / images, metrics
 
 
+def test_continuing_with_a_frozen_trunk_trains_only_the_heads(trained, shapes: Path, tmp_path: Path):
+    """The second stage of scripts/train_default.py: ``initial``'s architecture, ``model_config``'s freezing."""
+    result, _ = trained
+    before = load_model(result.path)
+    trunk = {k: v.clone() for k, v in before.image.trunk.state_dict().items()}
+    heads = (before.image.proj.weight.clone(), before.text.gru.weight_hh_l0.clone())
+    frozen = train(split_items(shapes, "train"), split_items(shapes, "val"), replace(TINY, freeze_backbone=True,
+                   embed_dim=8), replace(FAST, epochs=2, feature_cache=True), tmp_path / "frozen.pt", None, before)
+    after = load_model(frozen.path)
+    assert after.config == replace(before.config, freeze_backbone=True)  # embed_dim 8 was not taken
+    assert all(torch.equal(value, trunk[key]) for key, value in after.image.trunk.state_dict().items())
+    assert not torch.equal(after.image.proj.weight, heads[0]) and not torch.equal(after.text.gru.weight_hh_l0, heads[1])
+    assert frozen.history[-1].images_per_s > 0
+
+
 def test_best_epoch_is_kept_by_validation_rsum(trained):  # type: ignore[no-untyped-def]
     result, events = trained
     history = result.history
