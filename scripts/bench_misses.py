@@ -22,7 +22,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib import machine_line, table  # noqa: E402
 from retrieval.captions import ImageCaptions  # noqa: E402
-from retrieval.checkpoint import default_model_path, load_model  # noqa: E402
+from retrieval.checkpoint import load_model  # noqa: E402
+from retrieval.config import default_model_path  # noqa: E402
+from retrieval.errors import CaptionsError  # noqa: E402
 from retrieval.evaluate import encode_items, t2i_ranks  # noqa: E402
 from retrieval.scenes.corpus import load_records  # noqa: E402
 from retrieval.scenes.scene import satisfies  # noqa: E402
@@ -34,7 +36,12 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped model)")
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
-    records = [r for r in load_records(args.corpus).values() if r.split == args.split]
+    try:
+        records = [r for r in load_records(args.corpus).values() if r.split == args.split]
+    except CaptionsError as error:
+        raise SystemExit(f"error: {error}") from None
+    if not records:
+        raise SystemExit(f"error: {args.corpus} has no scenes in split {args.split!r}")
     model = load_model(args.model or default_model_path())
     encoded = encode_items(model, [ImageCaptions(args.corpus / r.image, [c.text for c in r.captions], r.split)
                                    for r in records])

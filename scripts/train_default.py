@@ -1,6 +1,6 @@
 """Reproduce the shipped default model from scratch: generate scenes -> train -> evaluate -> write.
 
-    python scripts/train_default.py            # ~30 min on 2 idle CPU cores; writes data/default_model.pt + .json
+    python scripts/train_default.py            # 30-35 min on 2 idle CPU cores; writes data/default_model.pt + .json
     python scripts/train_default.py --quick    # a 2-minute smoke run into runs/ (not for shipping)
 
 Training uses swapped-attribute captions (same words, attributes exchanged between objects, or the
