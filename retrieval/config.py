@@ -23,6 +23,7 @@ class ModelConfig:
     weights: str = "none"  # "none" | "imagenet" | path to a state-dict file for the backbone
     image_size: int = 224  # square input side in pixels (64-224 typical)
     pool: str = "avg"  # "avg": global average pool; "grid2": 2x2 average pool, keeps coarse position
+    drop_stages: int = 0  # leave out the trunk's last N stages (resnet: 1 drops layer4; see BENCHMARKS.md)
     embed_dim: int = 512  # size of the joint space
     word_dim: int = 300  # word-embedding size
     hidden_size: int = 512  # GRU hidden size (per direction)

@@ -4,6 +4,7 @@ The model only *encodes*; :mod:`retrieval.loss` turns encodings into a training 
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -57,15 +58,22 @@ def _torchvision_model(name: str, weights: str) -> nn.Module:
     return model
 
 
-def _feature_trunk(model: nn.Module) -> nn.Module:
-    """The convolutional part of a classifier: everything before global pooling and the head."""
+def _feature_trunk(model: nn.Module, drop_stages: int = 0) -> nn.Module:
+    """The convolutional part of a classifier: everything before global pooling and the head, less its
+    last ``drop_stages`` stages (a ResNet's layer4 holds most of its weights and, on small images, half
+    its CPU time, while layer3 still sees the whole image, at twice the spatial resolution)."""
     if hasattr(model, "features"):  # mobilenet, efficientnet, convnext, densenet, vgg, squeezenet, ...
-        return model.features
-    names = [name for name, _ in model.named_children()]
-    head = next((names.index(n) for n in names if n in ("avgpool", "fc", "classifier", "head")), None)
-    if not head:  # resnet, resnext, wide_resnet, regnet, shufflenet stop at avgpool or fc
-        raise ConfigError(f"backbone {model.__class__.__name__} has no recognisable feature trunk")
-    return nn.Sequential(*(getattr(model, n) for n in names[:head]))
+        stages = list(model.features.named_children())  # names kept: checkpoints store them
+    else:
+        names = [name for name, _ in model.named_children()]
+        head = next((names.index(n) for n in names if n in ("avgpool", "fc", "classifier", "head")), None)
+        if not head:  # resnet, resnext, wide_resnet, regnet, shufflenet stop at avgpool or fc
+            raise ConfigError(f"backbone {model.__class__.__name__} has no recognisable feature trunk")
+        stages = [(str(k), getattr(model, n)) for k, n in enumerate(names[:head])]
+    if not 0 <= drop_stages <= len(stages) - 2:
+        raise ConfigError(f"drop_stages must be 0 to {len(stages) - 2} for {model.__class__.__name__}, "
+                          f"not {drop_stages}")
+    return nn.Sequential(OrderedDict(stages[: len(stages) - drop_stages]))
 
 
 def _trunk_channels(trunk: nn.Module) -> int:
@@ -88,7 +96,7 @@ class ImageEncoder(nn.Module):
         if config.pool not in POOL_GRID:
             raise ConfigError(f"unknown pool {config.pool!r}: use avg or grid2")
         weights = config.weights if pretrained else "none"
-        self.trunk = _feature_trunk(_torchvision_model(config.backbone, weights))
+        self.trunk = _feature_trunk(_torchvision_model(config.backbone, weights), config.drop_stages)
         self.pool = nn.AdaptiveAvgPool2d(POOL_GRID[config.pool])
         self.feature_dim = _trunk_channels(self.trunk) * POOL_GRID[config.pool] ** 2
         self.proj = nn.Linear(self.feature_dim, config.embed_dim)

@@ -224,6 +224,24 @@ def test_grid2_pool_keeps_four_cells():
         assert encoder(pixels(2, 64)).shape == (2, 32)
 
 
+def test_drop_stages_ends_a_resnet_at_layer3(tmp_path: Path):
+    encoder = ImageEncoder(replace(TINY, pool="grid2", drop_stages=1)).eval()
+    assert encoder.feature_dim == 256 * 4  # layer3's channels, on its 4x4 map at 64 px pooled to 2x2
+    assert not any(name.startswith("7.") for name, _ in encoder.trunk.named_parameters())  # 7 = layer4
+    model = tiny_model(replace(TINY, drop_stages=1))
+    save_checkpoint(model, tmp_path / "cut.pt")
+    loaded = load_model(tmp_path / "cut.pt")
+    assert loaded.config.drop_stages == 1
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.encode_image(pixels(2, 64)), model.encode_image(pixels(2, 64)))
+
+
+@pytest.mark.parametrize("drop_stages", [-1, 7])
+def test_drop_stages_out_of_range_is_a_config_error(drop_stages: int):
+    with pytest.raises(ConfigError, match=f"drop_stages must be 0 to 6 for ResNet, not {drop_stages}"):
+        ImageEncoder(replace(TINY, drop_stages=drop_stages))
+
+
 def test_freeze_backbone():
     encoder = ImageEncoder(replace(TINY, freeze_backbone=True))
     assert not any(p.requires_grad for p in encoder.trunk.parameters())

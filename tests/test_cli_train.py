@@ -135,6 +135,14 @@ def test_unknown_backbone(monkeypatch, capsys, captions: Path, tmp_path: Path): 
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_too_many_dropped_stages(monkeypatch, capsys, captions: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    code, _, err = run_main(monkeypatch, capsys, "train", "--captions", str(captions), "--out",
+                            str(tmp_path / "m.pt"), "--drop-stages", "9", "--no-augment", *TINY_OPTIONS)
+    assert code == 1
+    assert err.splitlines()[-1] == "Error: drop_stages must be 0 to 6 for ResNet, not 9"
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_eval_of_a_missing_model(monkeypatch, capsys, captions: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     code, _, err = run_main(monkeypatch, capsys, "eval", "--model", str(tmp_path / "nope.pt"), "--captions",
                             str(captions), "--device", "cpu")
