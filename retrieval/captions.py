@@ -20,12 +20,17 @@ SPLIT_ALIASES = {"restval": "train", "training": "train", "validation": "val", "
 
 @dataclass
 class ImageCaptions:
-    """One image and the sentences that describe it; ``negatives`` are sentences known to be false for it."""
+    """One image and the sentences that describe it; ``negatives`` are sentences known to be false for it.
+
+    ``caption_negatives`` (optional, one list per caption) are false re-wordings of each caption: the
+    same words with attributes swapped, say. Training pairs a caption with one of its own when it has
+    any, which is exactly the choice the model must learn to make; otherwise with one of ``negatives``."""
 
     image: Path
     captions: list[str]
     split: str | None = None
     negatives: list[str] = field(default_factory=list)
+    caption_negatives: list[list[str]] = field(default_factory=list)
 
 
 @dataclass

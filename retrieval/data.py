@@ -50,8 +50,8 @@ Sample = tuple[torch.Tensor, list[list[int]], list[list[int] | None]]
 
 
 class PairDataset(Dataset):
-    """One image per epoch with ``captions_per_image`` captions (and a hard negative for each, when the
-    item has negatives); call :meth:`set_epoch` first."""
+    """One image per epoch with ``captions_per_image`` captions, each with a hard negative when the item
+    has one (its own, from ``caption_negatives``, else any of ``negatives``); call :meth:`set_epoch` first."""
 
     def __init__(self, items: Sequence[ImageCaptions], vocab: Vocabulary,
                  load_image: Callable[[int], torch.Tensor | None], seed: int = 0, captions_per_image: int = 1):
@@ -60,24 +60,30 @@ class PairDataset(Dataset):
         self.load_image = load_image
         self.seed = seed
         self.captions_per_image = captions_per_image
-        self.choices: list[tuple[int, list[int], list[int]]] = []
+        self.choices: list[tuple[int, list[int], list[str | None]]] = []
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's order, captions and negatives deterministically from (seed, epoch)."""
         rng = random.Random(self.seed * 100_003 + epoch)
         order = list(range(len(self.items)))
         rng.shuffle(order)
-        self.choices = [(i, self._draw(rng, len(self.items[i].captions)), self._draw(rng, len(self.items[i].negatives)))
-                        for i in order]
+        self.choices = []
+        for i in order:
+            captions = self._draw(rng, len(self.items[i].captions))
+            self.choices.append((i, captions, [self._negative(rng, self.items[i], c) for c in captions]))
 
     def _draw(self, rng: random.Random, available: int) -> list[int]:
-        """``captions_per_image`` indices into ``available``: distinct while they last; all -1 when there are none."""
-        if not available:
-            return [-1] * self.captions_per_image
+        """``captions_per_image`` indices into ``available``: distinct while they last."""
         drawn: list[int] = []
         while len(drawn) < self.captions_per_image:
             drawn += rng.sample(range(available), min(available, self.captions_per_image - len(drawn)))
         return drawn
+
+    @staticmethod
+    def _negative(rng: random.Random, item: ImageCaptions, caption: int) -> str | None:
+        own = item.caption_negatives[caption] if caption < len(item.caption_negatives) else []
+        pool = own or item.negatives
+        return rng.choice(pool) if pool else None
 
     def __len__(self) -> int:
         return len(self.choices)
@@ -89,7 +95,7 @@ class PairDataset(Dataset):
             return index
         item = self.items[index]
         return (image, [self.vocab.encode(item.captions[c]) for c in captions],
-                [self.vocab.encode(item.negatives[n]) if n >= 0 else None for n in negatives])
+                [self.vocab.encode(n) if n is not None else None for n in negatives])
 
 
 def collate(samples: list[Sample | int]) -> Batch:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from retrieval.errors import ConfigError
 from retrieval.scenes.captions import (OPPOSITE_WORDS, SIZE_WORDS, Caption, caption_scene, query_set,
-                                       swap_caption)
+                                       swap_caption, swap_variants)
 from retrieval.scenes.corpus import (CAPTIONS_FILE, DEMO_SCENES_FILE, export_corpus, generate_folder,
                                      load_records, load_scenes, make_example, split_counts)
 from retrieval.scenes.render import COLOUR_JITTER, RGB, render
@@ -146,6 +146,13 @@ def test_swap_kinds_choose_the_variant() -> None:
     assert swap_caption(caption, scene, rng, kinds=("colour",)).text == "a blue circle to the left of a red square"
     assert swap_caption(caption, scene, rng, kinds=("roles",)).text == "a blue square to the left of a red circle"
     assert swap_caption(caption, scene, rng, kinds=("size",)) is None  # no size is named
+    assert sorted(v.text for v in swap_variants(caption, scene)) == [  # training draws one of these each epoch
+        "a blue circle to the left of a red square", "a blue square to the left of a red circle",
+        "a red circle to the right of a blue square", "a red square to the left of a blue circle"]
+    # a blue circle left of a red square too: that colour swap is true here, so it is no negative
+    both = Scene(scene.objects + (obj("blue", "circle", 0.45, 0.5), obj("red", "square", 0.6, 0.5)), 0)
+    assert "a blue circle to the left of a red square" not in {v.text for v in swap_variants(caption, both)}
+    assert len(swap_variants(caption, both)) == 3
 
 
 def test_query_set_is_fixed_by_seed() -> None:

@@ -152,8 +152,13 @@ def swap_caption(caption: Caption, scene: Scene, rng: random.Random,
     (two whole mentions exchange places: exactly the same words) and "relation" (left <-> right,
     above <-> below). Returns None when every variant is also true for ``scene`` or none applies.
     """
-    candidates = [c for c in _variants(caption, kinds) if not satisfies(c.meaning, scene)]
+    candidates = swap_variants(caption, scene, kinds)
     return rng.choice(candidates) if candidates else None
+
+
+def swap_variants(caption: Caption, scene: Scene, kinds: tuple[str, ...] = SWAP_KINDS) -> list[Caption]:
+    """Every variant :func:`swap_caption` chooses from: the swaps of ``caption`` that are false for ``scene``."""
+    return [c for c in _variants(caption, kinds) if not satisfies(c.meaning, scene)]
 
 
 def _variants(caption: Caption, kinds: tuple[str, ...]) -> list[Caption]:
