@@ -3,10 +3,11 @@
     python scripts/bench_misses.py --corpus runs/default/corpus      # the corpus train_default.py wrote
     python scripts/bench_misses.py --corpus runs/default/corpus --model runs/other.pt
 
-Prints R@10 by the number of objects in the scene (and how many of them a caption names) and by template (the grammar in
-``retrieval.scenes.captions``), and two ceilings from the scene graphs: R@10 of a model that ranks every
-scene satisfying a caption above the rest, in random order among them (it cannot tell which template a
-caption came from), and the same among scenes with the caption's own object count (it can).
+Prints R@10 by the number of objects in the scene (and how many of them a caption names) and by template
+(the grammar in ``retrieval.scenes.captions``), the attribute-swap probe by kind of swap, and two ceilings
+from the scene graphs: R@10 of a model that ranks every scene satisfying a caption above the rest, in
+random order among them (it cannot tell which template a caption came from), and the same among scenes
+with the caption's own object count (it can).
 """
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ from retrieval.captions import ImageCaptions  # noqa: E402
 from retrieval.checkpoint import load_model  # noqa: E402
 from retrieval.config import default_model_path  # noqa: E402
 from retrieval.errors import CaptionsError  # noqa: E402
-from retrieval.evaluate import encode_items, t2i_ranks  # noqa: E402
+from retrieval.evaluate import encode_items, encode_texts, t2i_ranks  # noqa: E402
+from retrieval.scenes.captions import SWAP_KINDS  # noqa: E402
 from retrieval.scenes.corpus import load_records  # noqa: E402
+from retrieval.scenes.quality import attribute_swap_probe  # noqa: E402
 from retrieval.scenes.scene import satisfies  # noqa: E402
 
 
@@ -69,6 +72,10 @@ def main() -> int:
     table("By scene", header, [line(k, k) for k in ["all", *by_scene]])
     by_template = sorted((k for k in rows if isinstance(k, tuple)), key=lambda k: (k[0], -len(rows[k])))
     table("By template", header, [line(k, f"{k[0]} obj: {k[1]}") for k in by_template])
+    texts = lambda sentences: encode_texts(model, sentences)  # noqa: E731
+    probes = [(kind, attribute_swap_probe(records, encoded.image_vectors, texts, kinds=(kind,))) for kind in SWAP_KINDS]
+    table("Attribute-swap probe by kind", ["swap", "pairs", "true caption preferred %"],
+          [[kind, probe.pairs, f"{probe.accuracy:.1f}"] for kind, probe in probes])
     return 0
 
 

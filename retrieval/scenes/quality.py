@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from retrieval.scenes.captions import Caption, swap_caption
+from retrieval.scenes.captions import SWAP_KINDS, Caption, swap_caption
 from retrieval.scenes.corpus import SceneRecord
 from retrieval.scenes.scene import satisfies
 
@@ -26,23 +26,25 @@ class SwapProbe:
     pairs: int
 
 
-def swap_pairs(records: Sequence[SceneRecord], seed: int = 0) -> list[tuple[int, str, str]]:
-    """(record index, true caption, false caption with the same words swapped) for every caption that has one."""
+def swap_pairs(records: Sequence[SceneRecord], seed: int = 0,
+               kinds: tuple[str, ...] = SWAP_KINDS) -> list[tuple[int, str, str]]:
+    """(record index, true caption, false caption with the same words swapped) for every caption that has one;
+    ``kinds``: which swaps (see :func:`retrieval.scenes.captions.swap_caption`)."""
     rng = random.Random(f"vlsearch-swap-probe:{seed}")
     pairs = []
     for index, record in enumerate(records):
         for caption in record.captions:
-            swapped = swap_caption(caption, record.scene, rng)
+            swapped = swap_caption(caption, record.scene, rng, kinds)
             if swapped is not None:
                 pairs.append((index, caption.text, swapped.text))
     return pairs
 
 
 def attribute_swap_probe(records: Sequence[SceneRecord], image_vectors: np.ndarray, encode_texts: EncodeTexts,
-                         seed: int = 0) -> SwapProbe:
+                         seed: int = 0, kinds: tuple[str, ...] = SWAP_KINDS) -> SwapProbe:
     """Attribute and role swaps keep the words (a bag-of-words model scores 50 % on them); relation
     reversals change one word (left <-> right, above <-> below)."""
-    pairs = swap_pairs(records, seed)
+    pairs = swap_pairs(records, seed, kinds)
     if not pairs:
         return SwapProbe(0.0, 0)
     images = image_vectors[[p[0] for p in pairs]]
