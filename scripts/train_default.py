@@ -1,6 +1,6 @@
 """Reproduce the shipped default model from scratch: generate scenes -> train -> evaluate -> write.
 
-    python scripts/train_default.py            # about 26 min on 2 idle CPU cores; writes data/default_model.pt + .json
+    python scripts/train_default.py            # about 27 min on 2 idle CPU cores; writes data/default_model.pt + .json
     python scripts/train_default.py --quick    # a 2-minute smoke run into runs/ (not for shipping)
 
 Training pairs each caption with one of its own swapped variants (same words, attributes exchanged between
@@ -8,7 +8,7 @@ objects, or the relation reversed; a fresh draw each epoch) as an extra negative
 attributes to objects in word order. Two captions of each image per step: the GRU costs little next to the
 CNN, and this reached the quality of 200,000 one-caption image steps in 120,000. The pair term
 (``--pair-weight``) scores each caption against its swap on its own: swap probe 63 % -> 79 %. The ResNet-18
-ends at layer3 (``drop_stages=1``): at 64 px that is twice the images per second and a 4x4 feature map.
+ends at layer3 (``drop_stages=1``): at 64 px that trains 1.6x the images per second, on a 4x4 feature map.
 """
 from __future__ import annotations
 

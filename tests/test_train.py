@@ -208,11 +208,9 @@ def test_several_captions_per_image_are_distinct_and_slot_major():
 
 
 def test_each_caption_is_paired_with_one_of_its_own_negatives():
+    own = [["a blue circle left of a red square", "a blue square left of a red circle"], ["a small red circle"], []]
     items = [ImageCaptions(Path(f"{i}.png"), ["a red circle left of a blue square", "a big red circle", "a red circle"],
-                           "train", negatives=["a green star"],
-                           caption_negatives=[["a blue circle left of a red square", "a blue square left of a red circle"],
-                                              ["a small red circle"], []])
-             for i in range(3)]
+                           "train", negatives=["a green star"], caption_negatives=own) for i in range(3)]
     vocab = Vocabulary.build(c for item in items for c in item.captions + item.negatives)
     dataset = PairDataset(items, vocab, lambda i: torch.zeros(3, 2, 2), captions_per_image=3)
     drawn = set()
@@ -220,8 +218,8 @@ def test_each_caption_is_paired_with_one_of_its_own_negatives():
         dataset.set_epoch(epoch)
         for index, captions, negatives in dataset.choices:
             for caption, negative in zip(captions, negatives):
-                own = items[index].caption_negatives[caption] or items[index].negatives  # the third has none
-                assert negative in own, (items[index].captions[caption], negative)
+                allowed = own[caption] or items[index].negatives  # the third caption has none of its own
+                assert negative in allowed, (items[index].captions[caption], negative)
                 drawn.add(negative)
     assert drawn == {"a blue circle left of a red square", "a blue square left of a red circle", "a small red circle",
                      "a green star"}  # a fresh draw each epoch reaches every variant
