@@ -1,117 +1,109 @@
-"""``vlsearch train`` and ``vlsearch eval``: thin shells over :func:`retrieval.train.train` and
+"""``vlsearch train`` and ``vlsearch eval``: thin shells over :func:`retrieval.recipe.train_recipe` and
 :func:`retrieval.evaluate.evaluate_model`."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
 from retrieval.captions import FORMATS
+from retrieval.cli_options import config_options, explicit
+from retrieval.config import DataConfig, ModelConfig, TrainConfig
 
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
-def _warn_missing(captions_set, label: str) -> None:  # type: ignore[no-untyped-def]
-    if captions_set.missing:
-        shown = ", ".join(captions_set.missing[:3])
-        click.echo(f"warning: {len(captions_set.missing)} {label} images not found, skipped (e.g. {shown})", err=True)
+def _warn_missing(missing: list[str], label: str) -> None:
+    if missing:
+        click.echo(f"warning: {len(missing)} {label} images not found, skipped (e.g. {', '.join(missing[:3])})",
+                   err=True)
 
 
 @click.command()
-@click.option("--captions", "captions_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Captions file: COCO JSON, Karpathy JSON, Flickr token file, JSONL, CSV or TSV.")
-@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder the image names resolve against (default: the captions file's folder).")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
+              help="A recipe file (JSON: data, model, train, stages); the options given here override it.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the best checkpoint.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
-@click.option("--val-captions", type=click.Path(dir_okay=False, path_type=Path),
-              help="A separate validation captions file (default: the 'val' split of --captions).")
-@click.option("--split", default="train", show_default=True, help="Split of --captions to train on.")
-@click.option("--backbone", default="resnet18", show_default=True,
-              help="A torchvision CNN: resnet18, resnet50, mobilenet_v3_small, efficientnet_b0, ...")
-@click.option("--weights", default="none", show_default=True, help="none, imagenet, or a backbone state-dict file.")
-@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 1024))
-@click.option("--pool", type=click.Choice(["avg", "grid2"]), default="avg", show_default=True,
-              help="grid2 keeps coarse position (helps captions about left/right/above/below).")
-@click.option("--drop-stages", default=0, show_default=True, type=click.IntRange(0),
-              help="Leave out the backbone's last N stages (resnet18 at 64 px: 1 drops layer4, 1.6x the "
-                   "training speed).")
-@click.option("--embed-dim", default=512, show_default=True, type=click.IntRange(2, 8192))
-@click.option("--hidden-size", default=512, show_default=True, type=click.IntRange(2, 8192))
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1, 100000))
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(2, 100000))
-@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--loss", type=click.Choice(["infonce", "hinge", "hinge-sum"]), default="infonce", show_default=True)
-@click.option("--margin", default=0.2, show_default=True, type=float)
-@click.option("--captions-per-image", default=1, show_default=True, type=click.IntRange(1, 100),
-              help="Captions of each image used in one step (COCO has 5); each adds a text-side loss term.")
-@click.option("--pair-weight", default=0.0, show_default=True, type=click.FloatRange(0),
-              help="infonce, with hard negatives in the captions file: weight of each caption against its own "
-                   "negative alone (1 taught the scenes model to bind attributes).")
-@click.option("--freeze-backbone", is_flag=True, help="Train only the projections and the text branch.")
-@click.option("--feature-cache", is_flag=True, help="With --freeze-backbone: compute image features once.")
-@click.option("--no-augment", is_flag=True, help="No random crops/flips (images are then decoded once, in memory).")
-@click.option("--no-flip", is_flag=True, help="No horizontal flips (when captions say left/right).")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64))
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
-def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str, val_captions: Path | None,
-          split: str, backbone: str, weights: str, image_size: int, pool: str, drop_stages: int, embed_dim: int,
-          hidden_size: int, epochs: int, batch_size: int, lr: float, loss: str, margin: float,
-          captions_per_image: int, pair_weight: float, freeze_backbone: bool,
-          feature_cache: bool, no_augment: bool, no_flip: bool, workers: int, device: str, seed: int) -> None:
-    """Train a model on captioned images; keeps the best epoch by validation rsum.
+              help="Where to write the best checkpoint (of the last stage).")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path),
+              help="Continue from this model: its architecture and vocabulary win over the model options.")
+@click.option("--stages", "stages_json",
+              help='Stages as JSON, each overriding options, e.g. \'[{"epochs": 6}, {"freeze_backbone": true, '
+                   '"feature_cache": true, "lr": 3e-4}]\' (default: the recipe\'s, or one).')
+@config_options(DataConfig, ModelConfig, TrainConfig)
+@click.pass_context
+def train(ctx: click.Context, recipe: Path | None, out_path: Path, init: Path | None, stages_json: str | None,
+          **options: Any) -> None:
+    """Train a model on captioned images (or a recipe); keeps the best epoch by validation rsum.
+
+    Every ModelConfig/TrainConfig/DataConfig field of retrieval/config.py is an option here and a key in a
+    recipe; each stage of a recipe continues from the model of the one before.
 
     \b
     Example:
       vlsearch train --captions annotations/dataset_coco.json --images coco/ \\
           --backbone resnet50 --weights imagenet --out coco.pt
+      vlsearch train --recipe data/scenes.recipe.json --out scenes.pt
     """
-    from tqdm import tqdm
+    from retrieval.recipe import Recipe, load_recipe, parse_stages, train_recipe
 
-    from retrieval.captions import load_captions
-    from retrieval.config import ModelConfig, TrainConfig
-    from retrieval.train import EpochEvent, train as run_training
-
-    train_set = load_captions(captions_path, images_dir, fmt, split=split)
-    val_set = (load_captions(val_captions, images_dir, fmt) if val_captions
-               else load_captions(captions_path, images_dir, fmt, split="val"))
-    _warn_missing(train_set, "training")
-    _warn_missing(val_set, "validation")
-    model_config = ModelConfig(backbone=backbone, weights=weights, image_size=image_size, pool=pool,
-                               drop_stages=drop_stages, embed_dim=embed_dim, hidden_size=hidden_size,
-                               freeze_backbone=freeze_backbone)
-    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, margin=margin,
-                               captions_per_image=captions_per_image, pair_weight=pair_weight,
-                               augment=not no_augment, flip=not no_flip, workers=workers, device=device, seed=seed,
-                               feature_cache=feature_cache)
-    click.echo(f"training on {len(train_set.items)} images / {train_set.caption_count} captions, "
-               f"validating on {len(val_set.items)} images", err=True)
-    bar: list[tqdm] = []
-
-    def on_event(event) -> None:  # type: ignore[no-untyped-def]
-        if isinstance(event, EpochEvent):
-            bar.pop().close()
-            t2i = event.metrics.t2i
-            click.echo(f"epoch {event.epoch}: loss {event.loss:.4f} ({event.loss_name}), {event.images_per_s:.0f} "
-                       f"images/s, val t2i R@1/5/10 {t2i.r1:.1f}/{t2i.r5:.1f}/{t2i.r10:.1f}, rsum "
-                       f"{event.metrics.rsum:.1f}{' (best, saved)' if event.best else ''}"
-                       f"{'  WARNING: embeddings collapsed' if event.collapsed else ''}", err=True)
-            return
-        if not bar:
-            bar.append(tqdm(total=event.steps, desc=f"epoch {event.epoch}", unit="batch", leave=False,
-                            disable=None))
-        bar[0].set_postfix(loss=f"{event.loss:.3f}", img_s=f"{event.images_per_s:.0f}")
-        bar[0].update(1)
-
-    result = run_training(train_set.items, val_set.items, model_config, train_config, out_path, on_event)
+    plan = load_recipe(recipe) if recipe else Recipe()
+    if stages_json is not None:
+        try:
+            stages = json.loads(stages_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON ({exc})", param_hint="--stages") from None
+        plan = replace(plan, stages=parse_stages(stages, "--stages"))
+    plan = plan.override({name: options[name] for name in explicit(ctx, options)})
+    progress = TrainProgress()
+    result = train_recipe(plan, out_path, progress, init)
+    progress.close()
     if result.skipped_images:
         click.echo(f"warning: {len(result.skipped_images)} unreadable images skipped "
                    f"(e.g. {', '.join(result.skipped_images[:3])})", err=True)
     click.echo(f"best epoch {result.best_epoch} (rsum {result.best.rsum:.1f}) saved to {result.path} "
                f"[model {result.identity}]")
+
+
+class TrainProgress:
+    """Training events -> stderr: a line per stage and per epoch, a progress bar over each epoch's steps."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        from retrieval.recipe import StageEvent
+        from retrieval.train import EpochEvent
+
+        if isinstance(event, StageEvent):
+            if event.stages > 1:
+                click.echo(f"stage {event.number} of {event.stages}", err=True)
+            _warn_missing(event.missing_train, "training")
+            _warn_missing(event.missing_val, "validation")
+            click.echo(f"training on {event.train_images} images / {event.train_captions} captions, "
+                       f"validating on {event.val_images} images", err=True)
+        elif isinstance(event, EpochEvent):
+            self.close()
+            t2i = event.metrics.t2i
+            click.echo(f"epoch {event.epoch}: loss {event.loss:.4f} ({event.loss_name}), {event.images_per_s:.0f} "
+                       f"images/s, val t2i R@1/5/10 {t2i.r1:.1f}/{t2i.r5:.1f}/{t2i.r10:.1f}, rsum "
+                       f"{event.metrics.rsum:.1f}{' (best, saved)' if event.best else ''}"
+                       f"{'  WARNING: embeddings collapsed' if event.collapsed else ''}", err=True)
+        else:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}", unit="batch", leave=False,
+                                disable=None)
+            self.bar.set_postfix(loss=f"{event.loss:.3f}", img_s=f"{event.images_per_s:.0f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @click.command("eval")
@@ -138,7 +130,7 @@ def eval_command(model_path: Path | None, captions_path: Path, images_dir: Path 
 
     result, captions_set = evaluate_model(model_path, captions_path, images_dir, fmt=fmt, split=split, folds=folds,
                                           device=device)
-    _warn_missing(captions_set, "evaluation")
+    _warn_missing(captions_set.missing, "evaluation")
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return

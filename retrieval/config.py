@@ -2,7 +2,7 @@
 the model from it), and where the shipped default model lives (torch-free, so the indexer can ask cheaply)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,26 @@ def default_model_path() -> Path:
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a :class:`retrieval.model.DualEncoder` (besides the vocabulary)."""
+    """Everything needed to rebuild a :class:`retrieval.model.DualEncoder` (besides the vocabulary).
 
-    backbone: str = "resnet18"  # a torchvision CNN (see retrieval.model.CNN_FAMILIES)
-    weights: str = "none"  # "none" | "imagenet" | path to a state-dict file for the backbone
-    image_size: int = 224  # square input side in pixels (64-224 typical)
-    pool: str = "avg"  # "avg": global average pool; "grid2": 2x2 average pool, keeps coarse position
-    drop_stages: int = 0  # leave out the trunk's last N stages (resnet: 1 drops layer4; see BENCHMARKS.md)
-    embed_dim: int = 512  # size of the joint space
-    word_dim: int = 300  # word-embedding size
-    hidden_size: int = 512  # GRU hidden size (per direction)
-    gru_layers: int = 1
-    bidirectional: bool = False
-    freeze_backbone: bool = False
+    Each field's ``metadata`` is its ``vlsearch train`` option (retrieval.cli_options): help, choices, range."""
+
+    backbone: str = field(default="resnet18", metadata={
+        "help": "A torchvision CNN: resnet18, resnet50, mobilenet_v3_small, efficientnet_b0, ..."})
+    weights: str = field(default="none", metadata={"help": "none, imagenet, or a backbone state-dict file."})
+    image_size: int = field(default=224, metadata={"help": "Square input side in pixels.", "min": 32, "max": 1024})
+    pool: str = field(default="avg", metadata={
+        "help": "grid2 keeps coarse position (helps captions about left/right/above/below).",
+        "choices": ("avg", "grid2")})
+    drop_stages: int = field(default=0, metadata={
+        "help": "Leave out the backbone's last N stages (resnet: 1 drops layer4; BENCHMARKS.md has the speed-up).",
+        "min": 0})
+    embed_dim: int = field(default=512, metadata={"help": "Size of the joint space.", "min": 2, "max": 8192})
+    word_dim: int = field(default=300, metadata={"help": "Word-embedding size.", "min": 1, "max": 8192})
+    hidden_size: int = field(default=512, metadata={"help": "GRU hidden size (per direction).", "min": 2, "max": 8192})
+    gru_layers: int = field(default=1, metadata={"help": "Stacked GRU layers.", "min": 1, "max": 16})
+    bidirectional: bool = field(default=False, metadata={"help": "A bidirectional GRU."})
+    freeze_backbone: bool = field(default=False, metadata={"help": "Train only the projections and the text branch."})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -40,25 +47,68 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings for :func:`retrieval.train.train`."""
+    """Optimisation settings for :func:`retrieval.train.train` (``metadata``: as in :class:`ModelConfig`)."""
 
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 2e-4  # for new layers (projections, text branch, from-scratch backbone)
-    backbone_lr_scale: float = 0.1  # multiplier on lr for a *pretrained* backbone
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0  # linear LR warm-up, then cosine decay
-    grad_clip: float = 2.0
-    loss: str = "infonce"  # "infonce" | "hinge" (VSE++ hardest negative) | "hinge-sum"
-    margin: float = 0.2  # hinge margin
-    pair_weight: float = 0.0  # infonce: weight of each caption vs its hard negative alone (retrieval.loss)
-    hinge_warmup_epochs: int = 1  # with loss="hinge": sum over negatives for these epochs first
-    captions_per_image: int = 1  # captions (each with its own hard negative) per image in a step
-    augment: bool = True  # random resized crops + flips for training images
-    flip: bool = True  # horizontal flips (turn off when captions speak of left/right)
-    workers: int = 2  # DataLoader decoding workers
-    precision: str = "auto"  # "auto" | "fp32" | "bf16"
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    seed: int = 0
-    feature_cache: bool = False  # with a frozen backbone: compute image features once
-    min_word_count: int = 1  # vocabulary threshold
+    epochs: int = field(default=30, metadata={"help": "Passes over the training images.", "min": 1, "max": 100000})
+    batch_size: int = field(default=128, metadata={"help": "Images per step.", "min": 2, "max": 100000})
+    lr: float = field(default=2e-4, metadata={
+        "help": "Learning rate of new layers (projections, text branch, a from-scratch backbone).",
+        "min": 0, "min_open": True})
+    backbone_lr_scale: float = field(default=0.1, metadata={
+        "help": "Multiplier on --lr for a pretrained backbone.", "min": 0})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay.", "min": 0})
+    warmup_epochs: float = field(default=1.0, metadata={
+        "help": "Linear learning-rate warm-up (epochs), then cosine decay.", "min": 0})
+    grad_clip: float = field(default=2.0, metadata={"help": "Gradient-norm clip (0: none).", "min": 0})
+    loss: str = field(default="infonce", metadata={
+        "help": "infonce, hinge (VSE++ hardest negative) or hinge-sum.", "choices": ("infonce", "hinge", "hinge-sum")})
+    margin: float = field(default=0.2, metadata={"help": "Hinge margin."})
+    pair_weight: float = field(default=0.0, metadata={
+        "help": "infonce, with hard negatives in the captions: weight of each caption against its own negative "
+                "alone (1 taught the scenes model to bind attributes).", "min": 0})
+    hinge_warmup_epochs: int = field(default=1, metadata={
+        "help": "With --loss hinge: sum over negatives for these epochs first.", "min": 0})
+    captions_per_image: int = field(default=1, metadata={
+        "help": "Captions of each image used in one step (COCO has 5); each adds a text-side loss term.",
+        "min": 1, "max": 100})
+    augment: bool = field(default=True, metadata={
+        "help": "Random crops and flips (without: images are decoded once, in memory)."})
+    flip: bool = field(default=True, metadata={"help": "Horizontal flips (turn off when captions say left/right)."})
+    workers: int = field(default=2, metadata={"help": "Image-decoding worker processes.", "min": 0, "max": 64})
+    precision: str = field(default="auto", metadata={
+        "help": "auto: bf16 on CUDA and on CPUs with native bf16, else fp32.", "choices": ("auto", "fp32", "bf16")})
+    device: str = field(default="auto", metadata={"help": "Where to train.", "choices": ("auto", "cpu", "cuda")})
+    seed: int = field(default=0, metadata={"help": "Random seed (initial weights, batches, negatives)."})
+    feature_cache: bool = field(default=False, metadata={
+        "help": "With --freeze-backbone: compute image features once."})
+    min_word_count: int = field(default=1, metadata={
+        "help": "Vocabulary: words seen fewer times become unknown.", "min": 1})
+    save_half: bool = field(default=False, metadata={
+        "help": "Store the final model's weights as float16 (half the file; they load back as float32)."})
+
+
+@dataclass
+class DataConfig:
+    """What a run trains and validates on: a captions file, or generated scenes (``retrieval.scenes``).
+
+    Relative paths are relative to the current folder, in a recipe as on the command line."""
+
+    captions: str | None = field(default=None, metadata={
+        "help": "Captions file: COCO JSON, Karpathy JSON, Flickr token file, JSONL, CSV or TSV.", "path": "file"})
+    images: str | None = field(default=None, metadata={
+        "help": "Folder the image names resolve against (default: the captions file's folder).", "path": "dir"})
+    format: str = field(default="auto", metadata={
+        "help": "Format of the captions files.", "choices": ("auto", "coco", "karpathy", "flickr", "jsonl", "csv", "tsv")})
+    val_captions: str | None = field(default=None, metadata={
+        "help": "A separate validation captions file (default: the 'val' split of --captions).", "path": "file"})
+    split: str = field(default="train", metadata={"help": "Split of --captions to train on."})
+    scenes: int = field(default=0, metadata={
+        "help": "Instead of --captions: train on this many generated scenes.", "min": 0})
+    scene_val: int = field(default=500, metadata={"help": "Generated validation scenes.", "min": 1})
+    scene_test: int = field(default=1000, metadata={
+        "help": "Generated test scenes (held out for measuring, never trained on).", "min": 0})
+    scene_seed: int = field(default=1, metadata={"help": "Seed of the generated scenes."})
+    scene_negatives: bool = field(default=True, metadata={
+        "help": "Pair each scene caption with its own false re-wordings (attributes swapped) as hard negatives."})
+    scene_dir: str | None = field(default=None, metadata={
+        "help": "Folder for the generated scenes (default: beside --out).", "path": "dir"})

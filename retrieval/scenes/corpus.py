@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from retrieval.captions import ImageCaptions
 from retrieval.errors import CaptionsError, ConfigError
-from retrieval.scenes.captions import Caption, caption_scene
+from retrieval.scenes.captions import Caption, caption_scene, swap_variants
 from retrieval.scenes.render import render
 from retrieval.scenes.scene import Scene, sample_scene
 
@@ -118,6 +119,14 @@ def load_records(folder: str | Path) -> dict[str, SceneRecord]:
                 raise CaptionsError(f"{path}:{number}: not a scene record ({error})") from error
             records[record.image] = record
     return records
+
+
+def training_items(folder: str | Path, records: Sequence[SceneRecord], negatives: bool) -> list[ImageCaptions]:
+    """Items to train or measure on; ``negatives``: each caption's false swaps (training draws one per epoch)."""
+    return [ImageCaptions(Path(folder) / record.image, [c.text for c in record.captions], record.split,
+                          caption_negatives=[[v.text for v in swap_variants(c, record.scene)] if negatives else []
+                                             for c in record.captions])
+            for record in records]
 
 
 def load_scenes(folder: str | Path) -> dict[str, Scene]:
