@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from retrieval.captions import FORMATS
 from retrieval.cli_options import config_options, explicit
 from retrieval.config import DataConfig, ModelConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from retrieval.recipe import Recipe
 
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
@@ -34,8 +37,7 @@ def _warn_missing(missing: list[str], label: str) -> None:
                    '"feature_cache": true, "lr": 3e-4}]\' (default: the recipe\'s, or one).')
 @config_options(DataConfig, ModelConfig, TrainConfig)
 @click.pass_context
-def train(ctx: click.Context, recipe: Path | None, out_path: Path, init: Path | None, stages_json: str | None,
-          **options: Any) -> None:
+def train(ctx: click.Context, out_path: Path, init: Path | None, **_options: Any) -> None:
     """Train a model on captioned images (or a recipe); keeps the best epoch by validation rsum.
 
     Every ModelConfig/TrainConfig/DataConfig field of retrieval/config.py is an option here and a key in a
@@ -47,24 +49,33 @@ def train(ctx: click.Context, recipe: Path | None, out_path: Path, init: Path | 
           --backbone resnet50 --weights imagenet --out coco.pt
       vlsearch train --recipe data/scenes.recipe.json --out scenes.pt
     """
-    from retrieval.recipe import Recipe, load_recipe, parse_stages, train_recipe
+    from retrieval.recipe import train_recipe
 
-    plan = load_recipe(recipe) if recipe else Recipe()
-    if stages_json is not None:
-        try:
-            stages = json.loads(stages_json)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON ({exc})", param_hint="--stages") from None
-        plan = replace(plan, stages=parse_stages(stages, "--stages"))
-    plan = plan.override({name: options[name] for name in explicit(ctx, options)})
     progress = TrainProgress()
-    result = train_recipe(plan, out_path, progress, init)
+    result = train_recipe(planned_recipe(ctx), out_path, progress, init)
     progress.close()
     if result.skipped_images:
         click.echo(f"warning: {len(result.skipped_images)} unreadable images skipped "
                    f"(e.g. {', '.join(result.skipped_images[:3])})", err=True)
     click.echo(f"best epoch {result.best_epoch} (rsum {result.best.rsum:.1f}) saved to {result.path} "
                f"[model {result.identity}]")
+
+
+def planned_recipe(ctx: click.Context) -> "Recipe":
+    """The run a ``train`` command line asks for: its --recipe (or the defaults), its --stages, then the
+    options it names explicitly (an option left at its default does not override the recipe)."""
+    from retrieval.recipe import Recipe, load_recipe, parse_stages
+
+    params = ctx.params
+    plan = load_recipe(params["recipe"]) if params["recipe"] else Recipe()
+    if params["stages_json"] is not None:
+        try:
+            stages = json.loads(params["stages_json"])
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON ({exc})", param_hint="--stages") from None
+        plan = replace(plan, stages=parse_stages(stages, "--stages"))
+    fields = set(params) - {"recipe", "out_path", "init", "stages_json"}
+    return plan.override({name: params[name] for name in explicit(ctx, fields)})
 
 
 class TrainProgress:

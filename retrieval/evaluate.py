@@ -134,7 +134,8 @@ def encode_items(model: Any, items: Sequence[Any], device: Any = "cpu") -> Encod
 
     device = torch.device(device)
     pixels, failed_rows = cache_images(items, model.config.image_size)
-    keep = [i for i in range(len(items)) if i not in set(failed_rows)]
+    dropped = set(failed_rows)
+    keep = [i for i in range(len(items)) if i not in dropped]
     failed = [str(items[i].image) for i in failed_rows]
     pixels, items = pixels[keep], [items[i] for i in keep]
 

@@ -183,11 +183,7 @@ def stage_data(data: DataConfig, model: ModelConfig, config: TrainConfig, out_pa
     if data.scenes and data.captions:
         raise ConfigError("give either captions or scenes as training data, not both")
     if data.scenes:
-        folder = Path(data.scene_dir) if data.scene_dir else out_path.with_name(f"{out_path.stem}-scenes")
-        # example i of a seed never changes: a larger corpus extends a smaller one, val and test follow train
-        export_corpus(folder, data.scenes + data.scene_val + data.scene_test, data.scene_seed,
-                      image_size=model.image_size, splits=(data.scenes, data.scene_val, data.scene_test),
-                      workers=max(1, config.workers))
+        folder = export_scenes(data, model, out_path, config.workers)
         records = list(load_records(folder).values())
         return (training_items(folder, [r for r in records if r.split == "train"], data.scene_negatives),
                 training_items(folder, [r for r in records if r.split == "val"], False), ([], []))
@@ -197,3 +193,17 @@ def stage_data(data: DataConfig, model: ModelConfig, config: TrainConfig, out_pa
     val_set = (load_captions(data.val_captions, data.images, data.format) if data.val_captions
                else load_captions(data.captions, data.images, data.format, split="val"))
     return train_set.items, val_set.items, (train_set.missing, val_set.missing)
+
+
+def export_scenes(data: DataConfig, model: ModelConfig, out_path: str | Path, workers: int = 1) -> Path:
+    """Write a stage's generated corpus (train, val, test splits) to ``data.scene_dir``; returns that folder."""
+    folder = scene_folder(data, out_path)
+    # example i of a seed never changes: a larger corpus extends a smaller one, val and test follow train
+    export_corpus(folder, data.scenes + data.scene_val + data.scene_test, data.scene_seed, image_size=model.image_size,
+                  splits=(data.scenes, data.scene_val, data.scene_test), workers=max(1, workers))
+    return folder
+
+
+def scene_folder(data: DataConfig, out_path: str | Path) -> Path:
+    """Where a run's generated scenes go: ``data.scene_dir``, or ``OUT-scenes/`` beside the model."""
+    return Path(data.scene_dir) if data.scene_dir else Path(out_path).with_name(f"{Path(out_path).stem}-scenes")

@@ -99,7 +99,8 @@ class _ImageSource:
             return
         self.cache, failed = cache_images(items, size)
         if failed:
-            keep = [i for i in range(len(items)) if i not in set(failed)]
+            dropped = set(failed)
+            keep = [i for i in range(len(items)) if i not in dropped]
             self.failed = [str(items[i].image) for i in failed]
             self.cache, self.items = self.cache[keep], [items[i] for i in keep]
         if config.feature_cache and model.config.freeze_backbone:
