@@ -3,15 +3,18 @@
 A field's ``metadata`` says how it shows: ``help``; ``choices`` (a closed set); ``min``/``max`` (a range,
 ``min_open`` for a strict lower bound); ``path`` ("file" or "dir"); ``cli: False`` hides it. Types map
 generically: ``bool`` -> ``--name/--no-name``; ``int``/``float``/``str``; ``X | None`` -> X, default unset;
-``tuple``/``list`` -> one comma-separated value (``--input-mean 0.48,0.46,0.41``). The same types check a
-recipe's values (:func:`convert_field`), so the command line and a recipe accept exactly the same things.
+``Literal`` -> choices; ``Path``; ``tuple``/``list`` -> one comma-separated value (``--input-mean
+0.48,0.46,0.41``); anything else -> JSON text. The same types check a recipe's values (:func:`convert_field`),
+so the command line and a recipe accept exactly the same things.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from functools import cache
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import click
@@ -49,11 +52,26 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+class JsonType(click.ParamType):
+    """Any other field type: the option's value is JSON text (a recipe holds the JSON value itself)."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str) or param is None:
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            self.fail(f"not JSON: {value!r}", param, ctx)
+
+
 def _scalar_type(hint: Any, meta: typing.Mapping[str, Any]) -> click.ParamType:
-    if "choices" in meta:
-        return click.Choice(list(meta["choices"]))
-    if meta.get("path"):
-        return click.Path(dir_okay=meta["path"] == "dir", file_okay=meta["path"] == "file")
+    if "choices" in meta or typing.get_origin(hint) is typing.Literal:
+        return click.Choice([str(c) for c in meta.get("choices", typing.get_args(hint))])
+    if meta.get("path") or hint is Path:
+        kind = meta.get("path")
+        return click.Path(dir_okay=kind != "file", file_okay=kind != "dir", path_type=Path if hint is Path else None)
     bounds = {"min": meta.get("min"), "max": meta.get("max"), "min_open": meta.get("min_open", False)}
     if hint is int:
         return click.IntRange(**bounds) if bounds["min"] is not None or bounds["max"] is not None else click.INT
@@ -61,7 +79,7 @@ def _scalar_type(hint: Any, meta: typing.Mapping[str, Any]) -> click.ParamType:
         return click.FloatRange(**bounds) if bounds["min"] is not None or bounds["max"] is not None else click.FLOAT
     if hint is str:
         return click.STRING
-    raise TypeError(f"no command-line type for {hint!r}")
+    return JsonType()
 
 
 @cache
@@ -148,7 +166,8 @@ def convert_field(cls: type, field: dataclasses.Field, value: Any) -> Any:
             return None
         raise ValueError("must not be null")
     origin = typing.get_origin(hint) or hint
-    expected = _JSON_TYPES.get(origin, (list,) if origin in (tuple, list) else ())
+    origin = str if origin in (Path, typing.Literal) else origin
+    expected = _JSON_TYPES.get(origin, (list,) if origin in (tuple, list) else (object,))
     if not isinstance(value, expected) or (isinstance(value, bool) and origin in (int, float)):
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(origin, "a list")
         raise ValueError(f"expected {kind}, got {value!r}")

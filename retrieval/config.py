@@ -98,7 +98,8 @@ class DataConfig:
     images: str | None = field(default=None, metadata={
         "help": "Folder the image names resolve against (default: the captions file's folder).", "path": "dir"})
     format: str = field(default="auto", metadata={
-        "help": "Format of the captions files.", "choices": ("auto", "coco", "karpathy", "flickr", "jsonl", "csv", "tsv")})
+        "help": "Format of the captions files.",
+        "choices": ("auto", "coco", "karpathy", "flickr", "jsonl", "csv", "tsv")})
     val_captions: str | None = field(default=None, metadata={
         "help": "A separate validation captions file (default: the 'val' split of --captions).", "path": "file"})
     split: str = field(default="train", metadata={"help": "Split of --captions to train on."})

@@ -1,6 +1,6 @@
 """Reproduce the shipped default model from its recipe, data/scenes.recipe.json, then measure it on the test scenes.
 
-    python scripts/train_default.py              # about 25 min on 2 idle CPU cores; writes data/default_model.pt + .json
+    python scripts/train_default.py              # about 25 min on 2 idle CPU cores: data/default_model.pt + .json
     python scripts/train_default.py --quick      # a 2-minute smoke run into runs/ (not for shipping)
     python scripts/train_default.py --eval-only  # measure the model at --out again (no training)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import click
 import pytest
@@ -94,6 +96,9 @@ class Future:
     tied: bool = field(default=True, metadata={"help": "Tie them."})
     note: str | None = field(default=None, metadata={"help": "A note."})
     secret: int = field(default=3, metadata={"cli": False})
+    mode: Literal["fast", "slow"] = field(default="fast", metadata={"help": "A closed set by its type."})
+    where: Path = field(default=Path("runs"), metadata={"help": "A path."})
+    extra: dict[str, int] = field(default_factory=dict, metadata={"help": "Anything else: JSON."})
 
 
 @click.command()
@@ -107,15 +112,16 @@ def future(ctx: click.Context, **options: object) -> None:
 def test_a_new_field_of_any_kind_becomes_an_option_with_no_code():
     result = CliRunner().invoke(future, [])
     assert result.exit_code == 0, result.output
-    values, given = (eval(line) for line in result.output.splitlines())  # noqa: S307 - our own repr
+    values, given = (eval(line, {"PosixPath": Path}) for line in result.output.splitlines())  # noqa: S307
     assert dict(values) == {k: v for k, v in dataclasses.asdict(Future()).items() if k != "secret"}
     assert given == []
     result = CliRunner().invoke(future, ["--input-mean", "0.5, 0.25,1", "--layers", "4", "--no-tied", "--note", "x",
-                                         "--dropout", "0.5"])
+                                         "--dropout", "0.5", "--mode", "slow", "--where", "a/b", "--extra", '{"k": 1}'])
     assert result.exit_code == 0, result.output
-    values, given = (eval(line) for line in result.output.splitlines())  # noqa: S307
-    assert dict(values) == {"input_mean": (0.5, 0.25, 1.0), "layers": [4], "tied": False, "note": "x", "dropout": 0.5}
-    assert given == ["dropout", "input_mean", "layers", "note", "tied"]
+    values, given = (eval(line, {"PosixPath": Path}) for line in result.output.splitlines())  # noqa: S307
+    assert dict(values) == {"input_mean": (0.5, 0.25, 1.0), "layers": [4], "tied": False, "note": "x", "dropout": 0.5,
+                            "mode": "slow", "where": Path("a/b"), "extra": {"k": 1}}
+    assert given == ["dropout", "extra", "input_mean", "layers", "mode", "note", "tied", "where"]
     assert "--secret" not in CliRunner().invoke(future, ["--help"]).output
 
 
@@ -124,6 +130,8 @@ def test_a_new_field_of_any_kind_becomes_an_option_with_no_code():
     (["--input-mean", "a,b,c"], "'a' is not a valid float"),
     (["--dropout", "2"], "2.0 is not in the range 0<=x<=1"),
     (["--secret", "4"], "No such option '--secret'"),
+    (["--mode", "medium"], "'medium' is not one of 'fast', 'slow'"),
+    (["--extra", "{"], "not JSON"),
 ])
 def test_bad_values_of_generated_options_are_usage_errors(args: list[str], message: str):
     result = CliRunner().invoke(future, args)
@@ -133,7 +141,7 @@ def test_bad_values_of_generated_options_are_usage_errors(args: list[str], messa
 
 @pytest.mark.parametrize("name, value, converted", [
     ("input_mean", [1, 2.5, 3], (1.0, 2.5, 3.0)), ("layers", [], []), ("dropout", 1, 1.0), ("note", None, None),
-    ("tied", False, False),
+    ("tied", False, False), ("where", "x/y", Path("x/y")), ("extra", {"a": 2}, {"a": 2}),
 ])
 def test_recipe_values_convert_like_options(name: str, value: object, converted: object):
     spec = next(f for f in dataclasses.fields(Future) if f.name == name)
@@ -143,7 +151,8 @@ def test_recipe_values_convert_like_options(name: str, value: object, converted:
 @pytest.mark.parametrize("name, value, message", [
     ("input_mean", [1, 2], "expected 3 values, got 2"), ("input_mean", "1,2,3", "expected a list"),
     ("dropout", "0.5", "expected a number"), ("dropout", True, "expected a number"), ("dropout", 3, "range"),
-    ("tied", 1, "expected true or false"), ("secret", 2.5, "expected an integer"), ("secret", None, "null"),
+    ("tied", 1, "expected true or false"), ("mode", "medium", "not one of"), ("where", 3, "expected a string"),
+    ("secret", 2.5, "expected an integer"), ("secret", None, "null"),
 ])
 def test_recipe_values_are_checked_like_options(name: str, value: object, message: str):
     spec = next(f for f in dataclasses.fields(Future) if f.name == name)
