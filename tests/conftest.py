@@ -7,6 +7,7 @@
     make_image(path, seed)  write one distinct image (shape, colours and position follow from seed)
     save_tiny_model(path, seed)  write a tiny checkpoint
     run_main(monkeypatch, capsys, *args)  run `vlsearch ARGS` through the console entry point, in this process
+    one_training_thread  (module-wide) training runs on one thread, as it does with VLSEARCH_THREADS=1
 """
 from __future__ import annotations
 
@@ -90,6 +91,16 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         code = stopped.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="module")
+def one_training_thread():  # type: ignore[no-untyped-def]
+    """Training takes its thread count from VLSEARCH_THREADS; one thread suits a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLSEARCH_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

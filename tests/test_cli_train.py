@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -20,14 +19,7 @@ TINY_OPTIONS = ["--image-size", "32", "--embed-dim", "32", "--hidden-size", "32"
                 "--workers", "0", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    """Training takes its thread count from VLSEARCH_THREADS; one thread suits a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VLSEARCH_THREADS", "1")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_training_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ SMALL = ["--scenes", "160", "--scene-val", "16", "--scene-test", "0", "--epochs"
          "--device", "cpu", "--precision", "fp32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VLSEARCH_THREADS", "1")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_training_thread")
 
 
 def test_the_scenes_recipe_describes_the_shipped_model():
