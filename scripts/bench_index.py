@@ -42,7 +42,7 @@ from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
 from retrieval.transforms import eval_transform
 
-# the shipped default model's shape (scripts/train_default.py), a random stand-in until it exists
+# the shipped default model's shape (data/scenes.recipe.json but drop_stages), a random stand-in
 DEFAULT_SHAPE = ModelConfig(backbone="resnet18", image_size=64, pool="grid2", embed_dim=256, word_dim=128,
                             hidden_size=256)
 

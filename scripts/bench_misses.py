@@ -1,6 +1,6 @@
 """Where a model's text->image misses are on a scenes test split, and how high ambiguity lets R@10 go.
 
-    python scripts/bench_misses.py --corpus runs/default/corpus      # the corpus train_default.py wrote
+    python scripts/bench_misses.py --corpus runs/scenes              # the corpus the scenes recipe wrote
     python scripts/bench_misses.py --corpus runs/default/corpus --model runs/other.pt
 
 Prints R@10 by the number of objects in the scene (and how many of them a caption names) and by template

@@ -45,7 +45,7 @@ from retrieval.scenes.captions import query_set
 from retrieval.scenes.corpus import generate_folder
 from retrieval.search import SearchEngine
 
-# the shipped default model's shape (scripts/train_default.py), for the random stand-in
+# the shipped default model's shape (data/scenes.recipe.json, without drop_stages), for the random stand-in
 STAND_IN = ModelConfig(backbone="resnet18", image_size=64, pool="grid2", embed_dim=256, word_dim=128, hidden_size=256)
 K = 10
 TYPES = ("flat", "hnsw", "ivf", "sq8", "pq")
