@@ -37,6 +37,19 @@ class ModelConfig:
     gru_layers: int = field(default=1, metadata={"help": "Stacked GRU layers.", "min": 1, "max": 16})
     bidirectional: bool = field(default=False, metadata={"help": "A bidirectional GRU."})
     freeze_backbone: bool = field(default=False, metadata={"help": "Train only the projections and the text branch."})
+    tf_padding: bool = field(default=False, metadata={
+        "help": "Pad strided convolutions as TensorFlow's SAME does (0 before, 1 after at even sizes): for "
+                "weights converted from TensorFlow."})
+    input_mean: tuple[float, float, float] = field(default=(0.485, 0.456, 0.406), metadata={
+        "help": "Per-channel mean of the pixel normalisation (x / 255 - mean) / std the trunk's weights expect "
+                "(ImageNet's for torchvision weights; 0.5,0.5,0.5 for TensorFlow's MobileNets)."})
+    input_std: tuple[float, float, float] = field(default=(0.229, 0.224, 0.225), metadata={
+        "help": "Per-channel std of the pixel normalisation (see --input-mean)."})
+
+    def __post_init__(self) -> None:
+        # a config read back from JSON holds lists: tuples keep configs comparable and hashable
+        self.input_mean = tuple(float(v) for v in self.input_mean)  # type: ignore[assignment]
+        self.input_std = tuple(float(v) for v in self.input_std)  # type: ignore[assignment]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":

@@ -94,7 +94,8 @@ class _ImageSource:
         self.features = False
         self.failed: list[str] = []  # images that could not be decoded, dropped from training
         if self.streaming:
-            self.transform = train_transform(size, augment=True, flip=config.flip)
+            self.transform = train_transform(size, augment=True, flip=config.flip, mean=model.config.input_mean,
+                                             std=model.config.input_std)
             self.cache = None
             return
         self.cache, failed = cache_images(items, size)
@@ -126,7 +127,7 @@ class _ImageSource:
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
-            images = normalize_uint8(images)
+            images = normalize_uint8(images, self.model.config.input_mean, self.model.config.input_std)
         if self.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
         return images
