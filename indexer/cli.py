@@ -63,6 +63,8 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
 
     Only new and changed files go through the model: renamed, moved or copied files reuse their
     vectors, and deleted files leave the index. Unreadable files are reported and skipped.
+    Exit status: 0 when the index holds images, 1 when FOLDER has no image files or none could be read
+    (or on any other error), 2 for bad options.
 
     \b
     Examples:
@@ -93,6 +95,11 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
     click.echo(summary.line())
     if summary.failed and not summary.total:
         raise click.ClickException(f"no image in {folder} could be read")
+    if not summary.total:
+        from indexer.scan import IMAGE_SUFFIX_LIST
+
+        raise click.ClickException(f"no images found in {folder} (looked for {', '.join(IMAGE_SUFFIX_LIST)}, "
+                                   "and files without a suffix)")
 
 
 def _size(n: float) -> str:

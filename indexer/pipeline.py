@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from indexer import layout, vectors
-from indexer.decode import Decoder, DecodeError, ImageInfo, probe
+from retrieval.decode import Decoder, DecodeError, ImageInfo, probe
 from indexer.embed import ImageEmbedder, ModelHeader
 from indexer.lock import IndexLock
 from indexer.scan import SNIFF_BYTES, FileEntry, content_hash, scan, sniff

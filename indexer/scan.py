@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 # Files with these suffixes, or with none at all, are candidates; content decides (see sniff).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib",
-                            ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIX_LIST = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif", ".tif",
+                     ".tiff")  # in the order messages list them
+IMAGE_SUFFIXES = frozenset(IMAGE_SUFFIX_LIST)
 SNIFF_BYTES = 32  # enough for every signature below
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # the DIB header sizes that follow "BM"
 

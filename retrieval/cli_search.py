@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from retrieval.errors import QueryError
+from retrieval.errors import IndexStoreError, QueryError
 
 
 @click.command()
@@ -28,6 +28,10 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
            model_path: Path | None) -> None:
     """Find the indexed images that best match QUERY.
 
+    A warning names the query words the model does not know (they change nothing), and says so when it knows
+    none of them. Exit status: 0 with results (or none above --min-score), 1 when there is no index or it is
+    empty, 2 for a bad query (empty, or an --image that is missing or unreadable).
+
     \b
     Examples:
       vlsearch search "a small red circle left of a blue square"
@@ -40,20 +44,27 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
         raise QueryError("the query is empty; give a sentence (or --image PATH)")
     if image_path is not None and query:
         raise click.UsageError("give either a sentence or --image, not both")
-    from retrieval.search import SearchEngine, results_document  # torch and faiss: only once the options make sense
-    from retrieval.tokenizer import tokenize
+    if image_path is not None and not image_path.is_file():
+        raise QueryError(f"no such file: {image_path}")
+    from indexer.layout import find_index  # faiss, but not yet torch: a missing index is reported in well under 1 s
 
-    with SearchEngine.open(index_dir, model=model_path) as engine:
+    found = find_index(index_dir)
+    from retrieval.search import SearchEngine, results_document  # torch and faiss: only once the options make sense
+
+    words = None
+    with SearchEngine.open(found, model=model_path) as engine:
+        if not len(engine):
+            raise IndexStoreError(f"the index is empty: {engine.root} holds no indexed image "
+                                  f"(index it with `vlsearch index {engine.root}`)")
         if image_path is not None:
             hits = engine.search_image(image_path, k, min_score=min_score, where=where, glob=glob_pattern)
         else:
-            words = [token for token in tokenize(query) if token.isalnum()]
-            unknown = engine.unknown_words(query)
-            if words and len(unknown) == len(words):
-                click.echo(f"warning: none of the query words are known to the model: {' '.join(unknown)}", err=True)
             hits = engine.search(query, k, min_score=min_score, where=where, glob=glob_pattern)
+            words = engine.query_words(query)
+            if words.warning():
+                click.echo(f"warning: {words.warning()}", err=True)
     if as_json:
-        document = results_document(query, str(image_path) if image_path else None, k, hits)
+        document = results_document(query, str(image_path) if image_path else None, k, hits, words)
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     elif paths_only:
         for hit in hits:

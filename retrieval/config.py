@@ -30,6 +30,15 @@ class ModelConfig:
     gru_layers: int = 1
     bidirectional: bool = False
     freeze_backbone: bool = False
+    # the per-channel mean and std that pixels in [0, 1] are normalised with before the CNN (ImageNet's by
+    # default: right for ImageNet backbones, harmless from scratch); every path that prepares pixels for this
+    # model reads them here (retrieval.transforms.prepare_batch)
+    input_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    input_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        self.input_mean = tuple(float(v) for v in self.input_mean)  # a stored checkpoint gives lists
+        self.input_std = tuple(float(v) for v in self.input_std)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":

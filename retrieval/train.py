@@ -20,14 +20,15 @@ from torch.utils.data import DataLoader
 from retrieval.captions import ImageCaptions
 from retrieval.checkpoint import save_checkpoint
 from retrieval.config import ModelConfig, TrainConfig
-from retrieval.data import Batch, PairDataset, cache_images, collate, open_rgb
-from retrieval.device import autocast, resolve_device, resolve_precision, set_threads
+from retrieval.data import Batch, PairDataset, cache_images, collate
+from retrieval.decode import DecodeError, load_rgb
+from retrieval.device import autocast, resolve_device, resolve_precision, set_threads, unit_vectors
 from retrieval.errors import CaptionsError
 from retrieval.evaluate import EvalResult, embed_set, folded_metrics
 from retrieval.loss import make_loss
 from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
-from retrieval.transforms import normalize_uint8, train_transform
+from retrieval.transforms import prepare_batch, train_transform
 
 # Collapsed = the image embeddings crowd onto one point (mean cosine between different images above this)
 # *and* retrieval is near chance; early in training the first alone is common and harmless.
@@ -117,21 +118,16 @@ class _ImageSource:
     def load(self, index: int) -> torch.Tensor | None:
         if self.cache is not None:
             return self.cache[index]
-        try:
-            return self.transform(open_rgb(str(self.items[index].image)))
-        except (OSError, ValueError):
+        try:  # the indexer's decoder, at up to twice the model's side: random crops zoom in
+            return self.transform(load_rgb(self.items[index].image, 2 * self.model.config.image_size)[0])
+        except DecodeError:
             return None
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = normalize_uint8(images)
-        if self.device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        return prepare_batch(images, self.device, self.model.config.input_mean, self.model.config.input_std)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """A batch from :meth:`load` -> unit vectors [B, D]."""
+        """A batch from :meth:`load` -> vectors [B, D] (unit length after :func:`unit_vectors`)."""
         if self.features:
             return self.model.image.project(images.to(self.device))
         return self.model.encode_image(self._prepare(images))
@@ -245,17 +241,20 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
 def _train_step(model: DualEncoder, source: _ImageSource, loss_fn: torch.nn.Module, batch: Batch,
                 device: torch.device, dtype: torch.dtype, optimizer: torch.optim.Optimizer, grad_clip: float) -> float:
     optimizer.zero_grad(set_to_none=True)
+    negatives = mask = None
     with autocast(device, dtype):
-        images = source.embed(batch.images).float()
-        texts = model.encode_text(batch.tokens.to(device), batch.lengths).float()
-        negatives = mask = None
+        images = source.embed(batch.images)
+        texts = model.encode_text(batch.tokens.to(device), batch.lengths)
         if batch.negatives is not None:
-            negatives = model.encode_text(batch.negatives.to(device), batch.negative_lengths).float()
+            negatives = model.encode_text(batch.negatives.to(device), batch.negative_lengths)
             mask = batch.negative_mask.to(device)
-        # one contrastive loss per caption slot: each is B x B with distinct images, so no false negatives
-        slots = [slice(k, k + len(images)) for k in range(0, len(texts), len(images))]
-        loss = torch.stack([loss_fn(images, texts[s], None if negatives is None else negatives[s],
-                                    None if mask is None else mask[s]) for s in slots]).mean()
+    # unit float32 vectors whatever the precision, as indexing and search see them
+    images, texts = unit_vectors(images), unit_vectors(texts)
+    negatives = None if negatives is None else unit_vectors(negatives)
+    # one contrastive loss per caption slot: each is B x B with distinct images, so no false negatives
+    slots = [slice(k, k + len(images)) for k in range(0, len(texts), len(images))]
+    loss = torch.stack([loss_fn(images, texts[s], None if negatives is None else negatives[s],
+                                None if mask is None else mask[s]) for s in slots]).mean()
     loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from conftest import make_image
 from indexer import layout, pipeline, vectors
-from indexer.decode import Decoder
+from retrieval.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import IndexSummary, build_index
 from indexer.store import Store

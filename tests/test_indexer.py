@@ -17,7 +17,7 @@ import torch
 
 from conftest import IMAGE_COUNT, make_image
 from indexer import layout, vectors
-from indexer.decode import Decoder
+from retrieval.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import IndexSummary, build_index, in_order, plan
 from indexer.scan import FileEntry
