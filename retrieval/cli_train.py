@@ -27,8 +27,10 @@ def _warn_missing(captions_set, label: str) -> None:  # type: ignore[no-untyped-
               help="Where to write the best checkpoint.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
 @click.option("--val-captions", type=click.Path(dir_okay=False, path_type=Path),
-              help="A separate validation captions file (default: the 'val' split of --captions).")
-@click.option("--split", default="train", show_default=True, help="Split of --captions to train on.")
+              help="A separate validation captions file (default: the 'val' split of --captions; a file "
+                   "without splits holds out 5 % of its images, drawn with --seed).")
+@click.option("--split", default="train", show_default=True,
+              help="Split of --captions to train on (a file without splits is used whole).")
 @click.option("--backbone", default="resnet18", show_default=True,
               help="A torchvision CNN: resnet18, resnet50, mobilenet_v3_small, efficientnet_b0, ...")
 @click.option("--weights", default="none", show_default=True, help="none, imagenet, or a backbone state-dict file.")
@@ -73,13 +75,20 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
 
     from retrieval.captions import load_captions
     from retrieval.config import ModelConfig, TrainConfig
-    from retrieval.train import EpochEvent, train as run_training
+    from retrieval.train import EpochEvent, hold_out, train as run_training
 
     train_set = load_captions(captions_path, images_dir, fmt, split=split)
-    val_set = (load_captions(val_captions, images_dir, fmt) if val_captions
-               else load_captions(captions_path, images_dir, fmt, split="val"))
     _warn_missing(train_set, "training")
-    _warn_missing(val_set, "validation")
+    train_items = train_set.items
+    if val_captions or train_set.has_splits:
+        val_set = (load_captions(val_captions, images_dir, fmt) if val_captions
+                   else load_captions(captions_path, images_dir, fmt, split="val"))
+        _warn_missing(val_set, "validation")
+        val_items = val_set.items
+    else:
+        train_items, val_items = hold_out(train_set.items, seed)
+        click.echo(f"{captions_path.name} has no splits: holding out {len(val_items)} of its "
+                   f"{len(train_set.items)} images for validation (seed {seed}; or give --val-captions)", err=True)
     model_config = ModelConfig(backbone=backbone, weights=weights, image_size=image_size, pool=pool,
                                drop_stages=drop_stages, embed_dim=embed_dim, hidden_size=hidden_size,
                                freeze_backbone=freeze_backbone)
@@ -87,8 +96,8 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
                                captions_per_image=captions_per_image, pair_weight=pair_weight,
                                augment=not no_augment, flip=not no_flip, workers=workers, device=device, seed=seed,
                                feature_cache=feature_cache)
-    click.echo(f"training on {len(train_set.items)} images / {train_set.caption_count} captions, "
-               f"validating on {len(val_set.items)} images", err=True)
+    click.echo(f"training on {len(train_items)} images / {sum(len(item.captions) for item in train_items)} "
+               f"captions, validating on {len(val_items)} images", err=True)
     bar: list[tqdm] = []
 
     def on_event(event) -> None:  # type: ignore[no-untyped-def]
@@ -106,7 +115,7 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
         bar[0].set_postfix(loss=f"{event.loss:.3f}", img_s=f"{event.images_per_s:.0f}")
         bar[0].update(1)
 
-    result = run_training(train_set.items, val_set.items, model_config, train_config, out_path, on_event)
+    result = run_training(train_items, val_items, model_config, train_config, out_path, on_event)
     if result.skipped_images:
         click.echo(f"warning: {len(result.skipped_images)} unreadable images skipped "
                    f"(e.g. {', '.join(result.skipped_images[:3])})", err=True)

@@ -33,6 +33,10 @@ from retrieval.transforms import prepare_batch, train_transform
 # Collapsed = the image embeddings crowd onto one point (mean cosine between different images above this)
 # *and* retrieval is near chance; early in training the first alone is common and harmless.
 COLLAPSE_SIMILARITY = 0.95
+# Without a validation set, this share of the training images (at least 1, at most MAX_HELD_OUT), drawn with the
+# run's seed, is held out to validate on.
+VALIDATION_SHARE = 0.05
+MAX_HELD_OUT = 1000
 
 
 @dataclass
@@ -147,17 +151,32 @@ def _evaluate(model: DualEncoder, source: _ImageSource, items: Sequence[ImageCap
     return metrics, crowded and metrics.t2i.r10 <= 2 * chance_r10
 
 
-def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaptions], model_config: ModelConfig,
+def hold_out(items: Sequence[ImageCaptions], seed: int = 0) -> tuple[list[ImageCaptions], list[ImageCaptions]]:
+    """(training, validation) images: a seeded :data:`VALIDATION_SHARE` of ``items`` held out for validation."""
+    if len(items) < 2:
+        raise CaptionsError(f"training needs at least 2 images to hold one out for validation, not {len(items)}; "
+                            "or give a validation set")
+    count = min(MAX_HELD_OUT, max(1, round(len(items) * VALIDATION_SHARE)))
+    held = set(random.Random(seed).sample(range(len(items)), count))
+    return ([item for i, item in enumerate(items) if i not in held],
+            [item for i, item in enumerate(items) if i in held])
+
+
+def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaptions] | None, model_config: ModelConfig,
           config: TrainConfig, out_path: str | Path,
           on_event: Callable[[StepEvent | EpochEvent], None] | None = None,
           initial: DualEncoder | None = None) -> TrainResult:
     """Train a new model on ``train_items``, validate on ``val_items`` every epoch, keep the best at ``out_path``.
 
+    Without ``val_items`` (None or empty), :func:`hold_out` keeps a seeded share of ``train_items`` for validation.
+
     ``initial`` continues from a trained model: its architecture and vocabulary win over ``model_config``,
     whose ``freeze_backbone`` still says whether this run trains the trunk (with ``feature_cache``, a
     frozen-trunk run costs one forward pass per image, then trains the heads ~10x faster).
     """
-    if not train_items or not val_items:
+    if not val_items:
+        train_items, val_items = hold_out(train_items, config.seed)
+    if not train_items:
         raise CaptionsError("training needs at least one training image and one validation image")
     seed_everything(config.seed)
     set_threads()
