@@ -90,8 +90,10 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
         click.echo(f"warning: {_files(len(summary.failures))} could not be read (run without --quiet to list them)",
                    err=True)
     elif summary.failures:
+        from indexer.scan import printable
+
         for path, message in summary.failures:
-            click.echo(f"warning: {path}: {message}", err=True)
+            click.echo(f"warning: {printable(path)}: {message}", err=True)
     click.echo(summary.line())
     if summary.failed and not summary.total:
         raise click.ClickException(f"no image in {folder} could be read")

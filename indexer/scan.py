@@ -119,6 +119,13 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def printable(path: str) -> str:
+    """A file name for a terminal line: bytes that are not UTF-8 shown as U+FFFD, control characters (a newline,
+    an escape sequence) shown escaped. Only for display: the index keeps every name exactly."""
+    text = os.fsencode(path).decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def content_hash(data: bytes) -> str:
     """A fast 128-bit hash of a file's bytes: equal hashes mean the same image, wherever it lives."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()

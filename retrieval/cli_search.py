@@ -1,7 +1,8 @@
 """``vlsearch search``: a thin shell over :meth:`retrieval.search.SearchEngine.search`."""
 from __future__ import annotations
 
-import json
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -49,7 +50,8 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
     from indexer.layout import find_index  # faiss, but not yet torch: a missing index is reported in well under 1 s
 
     found = find_index(index_dir)
-    from retrieval.search import SearchEngine, results_document  # torch and faiss: only once the options make sense
+    from indexer.scan import printable
+    from retrieval.search import SearchEngine, json_bytes, results_document  # torch: only once the options make sense
 
     words = None
     with SearchEngine.open(found, model=model_path) as engine:
@@ -63,21 +65,17 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
             words = engine.query_words(query)
             if words.warning():
                 click.echo(f"warning: {words.warning()}", err=True)
+    sys.stdout.flush()
+    out = sys.stdout.buffer
     if as_json:
         document = results_document(query, str(image_path) if image_path else None, k, hits, words)
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
-    elif paths_only:
-        for hit in hits:
-            click.echo(hit.abs_path)
+        out.write(json_bytes(document) + b"\n")
+    elif paths_only:  # the names' own bytes, whatever their encoding
+        out.write(b"".join(os.fsencode(hit.abs_path) + b"\n" for hit in hits))
     else:
         if not hits:
             click.echo("no results", err=True)
             return
         click.echo(f"{'rank':>4}  {'score':>6}  path")
         for rank, hit in enumerate(hits, 1):
-            click.echo(f"{rank:>4}  {hit.score:6.3f}  {_printable(hit.path)}")
-
-
-def _printable(path: str) -> str:
-    """A file name may hold newlines or terminal escapes: show those escaped in the table (--json keeps them)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+            click.echo(f"{rank:>4}  {hit.score:6.3f}  {printable(hit.path)}")

@@ -10,6 +10,7 @@ so ``k`` results come back whenever ``k`` images match. One engine is safe to sh
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -66,6 +67,13 @@ def results_document(query: str | None, image: str | None, k: int, hits: Sequenc
     return {"query": query, "image": image, "k": k,
             "unknown_words": list(words.unknown) if words else [], "meaningless": bool(words and words.meaningless),
             "results": [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, 1)]}
+
+
+def json_bytes(document: Any, indent: int | None = 2) -> bytes:
+    """UTF-8 JSON of a results document. A file name's bytes that are not UTF-8 are held, as Python holds them,
+    as lone surrogates U+DC80-U+DCFF (surrogateescape) and written as JSON escapes ``\\udcXX``: ``json.loads``
+    then ``os.fsencode(path)`` gives back the exact bytes."""
+    return json.dumps(document, indent=indent, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _model_for_index(meta: dict[str, Any], model: str | os.PathLike | None) -> Path:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, create_model
 from retrieval.decode import DecodeError, load_rgb
 from retrieval._version import __version__
 from retrieval.errors import QueryError, VlsearchError
-from retrieval.search import Hit, SearchEngine, results_document
+from retrieval.search import Hit, SearchEngine, json_bytes, results_document
 
 MAX_UPLOAD = 20 * 1024 * 1024  # bytes of an example image
 MAX_K = 1000
@@ -75,6 +75,13 @@ class Reloaded(Stats):
 
 class Detail(BaseModel):
     detail: str
+
+
+class JSON(JSONResponse):
+    """JSON as ``vlsearch search --json`` writes it: a file name's bytes that are not UTF-8 as ``\\udcXX``."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content, indent=None)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Detail} for code in (400, 404, 413)}
@@ -169,7 +176,8 @@ def create_app(engine: SearchEngine, *, max_upload: int = MAX_UPLOAD) -> FastAPI
         shared.close()
 
     app = FastAPI(title="vlsearch", summary="Find indexed images by describing them, or by an example image.",
-                  version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+                  version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  default_response_class=JSON)
 
     @app.exception_handler(VlsearchError)
     async def library_error(request: Request, exc: VlsearchError) -> JSONResponse:
@@ -213,7 +221,8 @@ def create_app(engine: SearchEngine, *, max_upload: int = MAX_UPLOAD) -> FastAPI
         """The original file of an indexed image."""
         row, path = shared.row(image_id)
         media_type = Image.MIME.get((row["format"] or "").upper(), "application/octet-stream")
-        return FileResponse(path, media_type=media_type, filename=path.name, content_disposition_type="inline")
+        name = os.fsencode(path.name).decode("utf-8", "replace")  # a header cannot carry non-UTF-8 bytes
+        return FileResponse(path, media_type=media_type, filename=name, content_disposition_type="inline")
 
     @app.get("/api/thumbs/{image_id}", response_class=Response, responses={
         **ERRORS, 200: {"content": {"image/jpeg": {}}, "description": f"JPEG, at most {THUMB_SIZE} px a side"}},
