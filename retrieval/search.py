@@ -204,8 +204,8 @@ class SearchEngine:
             raise QueryError("the query is empty; describe the image you are looking for")
         return self.search_vector(self.encode_text([text])[0], k, min_score=min_score, where=where, glob=glob)
 
-    def search_image(self, image: str | os.PathLike | bytes | Image.Image, k: int = 10, *, min_score: float | None = None,
-                     where: str | None = None, glob: str | None = None) -> list[Hit]:
+    def search_image(self, image: str | os.PathLike | bytes | Image.Image, k: int = 10, *,
+                     min_score: float | None = None, where: str | None = None, glob: str | None = None) -> list[Hit]:
         """The ``k`` indexed images most similar to an example image."""
         return self.search_vector(self.encode_image(image)[0], k, min_score=min_score, where=where, glob=glob)
 

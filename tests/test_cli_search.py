@@ -184,6 +184,14 @@ def test_no_index_anywhere_is_reported_before_torch_is_imported(tmp_path: Path) 
     assert time.perf_counter() - started < 20  # a loose bound for a busy machine; without torch it is ~0.5 s
 
 
+def test_a_text_file_as_model_is_named_as_such(index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# vlsearch\n")
+    code, out, err = run_main(monkeypatch, capsys, "a red circle", "--index", index, "--model", readme)
+    assert (code, out, err) == (1, "", f"Error: {readme} is not a vlsearch model file\n")
+
+
 def test_an_empty_index_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                 tiny_model_path: Path) -> None:
     (tmp_path / "empty").mkdir()
