@@ -1,8 +1,8 @@
 """vlsearch's indexer: turn a folder of images into a searchable index (SQLite + FAISS).
 
-One module per stage: scan (walk), decode (pixels), embed (CNN), store (all SQL), vectors (all FAISS),
-layout (the index directory), lock, pipeline (build_index), info, cli. Heavy modules (torch, faiss) are
-imported lazily, so ``import indexer`` stays instant.
+One module per stage: scan (walk), decode (pixels; it lives in retrieval.decode, shared with training), embed
+(CNN), store (all SQL), vectors (all FAISS), layout (the index directory), lock, pipeline (build_index), info,
+cli. Heavy modules (torch, faiss) are imported lazily, so ``import indexer`` stays instant.
 """
 from __future__ import annotations
 

@@ -63,6 +63,8 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
 
     Only new and changed files go through the model: renamed, moved or copied files reuse their
     vectors, and deleted files leave the index. Unreadable files are reported and skipped.
+    Exit status: 0 when the index holds images, 1 when FOLDER has no image files or none could be read
+    (or on any other error), 2 for bad options.
 
     \b
     Examples:
@@ -88,11 +90,18 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
         click.echo(f"warning: {_files(len(summary.failures))} could not be read (run without --quiet to list them)",
                    err=True)
     elif summary.failures:
+        from indexer.scan import printable
+
         for path, message in summary.failures:
-            click.echo(f"warning: {path}: {message}", err=True)
+            click.echo(f"warning: {printable(path)}: {message}", err=True)
     click.echo(summary.line())
     if summary.failed and not summary.total:
         raise click.ClickException(f"no image in {folder} could be read")
+    if not summary.total:
+        from indexer.scan import IMAGE_SUFFIX_LIST
+
+        raise click.ClickException(f"no images found in {folder} (looked for {', '.join(IMAGE_SUFFIX_LIST)}, "
+                                   "and files without a suffix)")
 
 
 def _size(n: float) -> str:

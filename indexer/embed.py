@@ -99,18 +99,15 @@ class ImageEmbedder:
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         """[B, 3, S, S] pixels, normalised or uint8 (normalised here) -> [B, D] float32, unit length."""
         import torch
-        import torch.nn.functional as F
 
-        from retrieval.device import autocast
-        from retrieval.transforms import normalize_uint8
+        from retrieval.device import autocast, unit_vectors
+        from retrieval.transforms import prepare_batch
 
         model = self.model
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            batch = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            if batch.dtype == torch.uint8:  # a quarter of the bytes to move; the arithmetic keeps channels_last
-                batch = normalize_uint8(batch, model.config.input_mean, model.config.input_std)
-            vectors = model.encode_image(batch)  # [B, D]
-        vectors = F.normalize(vectors.float(), dim=-1)  # bf16 outputs are re-normalised in fp32
-        return vectors.cpu().numpy()
+        with torch.inference_mode():
+            batch = prepare_batch(pixels, self.device, model.config.input_mean, model.config.input_std)
+            with autocast(self.device, self.dtype):
+                vectors = model.encode_image(batch)  # [B, D]
+            return unit_vectors(vectors).cpu().numpy()

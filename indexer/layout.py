@@ -26,6 +26,7 @@ from retrieval.errors import IndexStoreError
 INDEX_DIR_NAME = ".vlsearch"
 DB_NAME = "index.db"
 LOCK_NAME = "lock"
+INDEX_ENV = "VLSEARCH_INDEX"
 _FAISS_NAME = re.compile(r"^vectors\.(\d+)\.faiss$")
 
 
@@ -63,6 +64,21 @@ def find_index_dir(path: str | os.PathLike) -> Path:
             return candidate
     raise IndexStoreError(f"no index at {path}; build one with `vlsearch index FOLDER` (it goes to "
                           f"FOLDER/{INDEX_DIR_NAME}) or pass --index DIR")
+
+
+def find_index(index: str | os.PathLike | None = None, start: str | os.PathLike | None = None) -> Path:
+    """``index`` if given, else ``$VLSEARCH_INDEX``, else the nearest ``.vlsearch/`` in ``start`` or its parents."""
+    if index is not None:
+        return find_index_dir(index)
+    if os.environ.get(INDEX_ENV):
+        return find_index_dir(os.environ[INDEX_ENV])
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = default_index_dir(folder)
+        if db_path(candidate).is_file():
+            return candidate
+    raise IndexStoreError(f"no index found in {here} or its parents; build one with `vlsearch index FOLDER`, "
+                          f"or pass --index DIR (or set {INDEX_ENV})")
 
 
 def root_for_meta(folder: str | os.PathLike, index_dir: str | os.PathLike) -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from indexer import layout, vectors
-from indexer.decode import Decoder, DecodeError, ImageInfo, probe
+from retrieval.decode import Decoder, DecodeError, ImageInfo, probe
 from indexer.embed import ImageEmbedder, ModelHeader
 from indexer.lock import IndexLock
 from indexer.scan import SNIFF_BYTES, FileEntry, content_hash, scan, sniff
@@ -134,10 +134,6 @@ def prepare(job: Job, root: Path, decoder: Decoder, known_hashes: set[str]) -> P
     """Read, sniff, hash and decode one file (runs in a worker thread; never raises for a bad file)."""
     entry = job.entry
     try:
-        entry.path.encode("utf-8")
-    except UnicodeEncodeError:
-        return Prepared(job, error="the file name is not valid UTF-8; rename the file to index it")
-    try:
         with open(root / entry.path, "rb") as handle:
             head = handle.read(SNIFF_BYTES)
             if sniff(head) is None:
@@ -189,10 +185,6 @@ def in_order(fn: Callable[[T], R], items: list[T], workers: int, lookahead: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _printable(path: str) -> str:
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 class _Run:
     """The state of one indexing run: the open batch, the FAISS index in memory and the counts."""
 
@@ -229,8 +221,8 @@ class _Run:
             return
         if item.error is not None:
             self.summary.failed += 1
-            self.summary.failures.append((_printable(entry.path), item.error))
-            self.errors.append(ErrorRow(_printable(entry.path), item.error, entry.size, entry.mtime_ns))
+            self.summary.failures.append((entry.path, item.error))
+            self.errors.append(ErrorRow(entry.path, item.error, entry.size, entry.mtime_ns))
             if job.known:
                 self.dropped.append(job.known[0])
         elif job.known and job.known[1] == item.hash:  # touched, or rewritten with the same bytes
@@ -300,7 +292,7 @@ class _Run:
     def remove(self, vanished: dict[str, int], stale_errors: list[str]) -> None:
         """Forget indexed files that are gone, and error records of files that are gone."""
         vanished = {**vanished, **self.gone}
-        failed_now = {path for path, _ in self.summary.failures}  # e.g. a non-UTF-8 name, recorded as printable
+        failed_now = {path for path, _ in self.summary.failures}
         stale_errors = [path for path in stale_errors if path not in failed_now]
         if not (vanished or stale_errors):
             return

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 # Files with these suffixes, or with none at all, are candidates; content decides (see sniff).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib",
-                            ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIX_LIST = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".bmp", ".dib", ".gif", ".tif",
+                     ".tiff")  # in the order messages list them
+IMAGE_SUFFIXES = frozenset(IMAGE_SUFFIX_LIST)
 SNIFF_BYTES = 32  # enough for every signature below
 _BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # the DIB header sizes that follow "BM"
 
@@ -116,6 +117,13 @@ def sniff(head: bytes) -> str | None:
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF and BigTIFF
         return "TIFF"
     return None
+
+
+def printable(path: str) -> str:
+    """A file name for a terminal line: bytes that are not UTF-8 shown as U+FFFD, control characters (a newline,
+    an escape sequence) shown escaped. Only for display: the index keeps every name exactly."""
+    text = os.fsencode(path).decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def content_hash(data: bytes) -> str:

@@ -90,6 +90,22 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _sql_path(path: str) -> str | bytes:
+    """A path as SQLite keeps it: TEXT when the name is valid UTF-8 (nearly always), else its raw bytes as a
+    BLOB (``os.fsencode``: a name from a non-UTF-8 file system, which Python holds with surrogate escapes).
+    A BLOB never equals a TEXT, so no two names collide, and every byte of the name comes back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _py_path(value: str | bytes) -> str:
+    """:func:`_sql_path` undone: the name as the file system gives it to Python (``os.fsdecode``)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def _vector_blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
@@ -261,7 +277,7 @@ class Store:
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(f"SELECT {columns} FROM images WHERE id IN ({marks})", list(chunk)):
-                found[row[0]] = dict(zip(IMAGE_COLUMNS, row))
+                found[row[0]] = dict(zip(IMAGE_COLUMNS, row), path=_py_path(row[1]))
         return [found[i] for i in ids if i in found]
 
     def ids_matching(self, where: str | None = None, glob: str | None = None,
@@ -275,7 +291,8 @@ class Store:
         # (say "a) OR (b") can regroup the SQL and escape the glob.
         ids = self._ids_where(where, params or []) if where else self._ids_where("1", [])
         if glob:
-            ids = np.intersect1d(ids, self._ids_where("path GLOB ?", [glob]))
+            ids = np.intersect1d(ids, self._ids_where(
+                "path GLOB ?1 OR (typeof(path) = 'blob' AND CAST(path AS TEXT) GLOB ?1)", [glob]))
         return ids
 
     def _ids_where(self, condition: str, params: Sequence[Any] | dict[str, Any]) -> np.ndarray:
@@ -317,19 +334,19 @@ class Store:
 
     def errors(self) -> list[dict[str, Any]]:
         """Files that could not be read: path, message, time."""
-        return [dict(zip(("path", "message", "time"), row))
-                for row in self.db.execute("SELECT path, message, time FROM errors ORDER BY path")]
+        return [{"path": _py_path(path), "message": message, "time": stamp}
+                for path, message, stamp in self.db.execute("SELECT path, message, time FROM errors ORDER BY path")]
 
     # -- indexing ------------------------------------------------------------------------------------------
 
     def file_stats(self) -> dict[str, tuple[int, int, int, str]]:
         """path -> (id, size, mtime_ns, hash) for every image, in one query (the unchanged-file check)."""
-        return {path: (row_id, size, mtime, digest) for row_id, path, size, mtime, digest
+        return {_py_path(path): (row_id, size, mtime, digest) for row_id, path, size, mtime, digest
                 in self.db.execute("SELECT id, path, size, mtime_ns, hash FROM images")}
 
     def error_stats(self) -> dict[str, tuple[int | None, int | None, str]]:
         """path -> (size, mtime_ns, message) for every file that could not be read."""
-        return {path: (size, mtime, message) for path, size, mtime, message
+        return {_py_path(path): (size, mtime, message) for path, size, mtime, message
                 in self.db.execute("SELECT path, size, mtime_ns, message FROM errors")}
 
     def hashes(self) -> set[str]:
@@ -387,9 +404,9 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET size = excluded.size, "
                 "mtime_ns = excluded.mtime_ns, hash = excluded.hash, width = excluded.width, "
                 "height = excluded.height, format = excluded.format, indexed_at = excluded.indexed_at "
-                "RETURNING id", (*astuple(row), stamp))
+                "RETURNING id", (_sql_path(row.path), *astuple(row)[1:], stamp))
             ids.append(int(cursor.fetchone()[0]))
-        self._delete_where_in("errors", "path", [row.path for row in rows])
+        self._delete_where_in("errors", "path", [_sql_path(row.path) for row in rows])
         return ids
 
     def touch_images(self, stats: Sequence[tuple[int, int, int]]) -> None:
@@ -409,12 +426,12 @@ class Store:
         """Record files that could not be read (replacing an older record of the same path)."""
         self._writing(vectors_change=False)
         stamp = now()
-        self.db["errors"].insert_all(({"path": e.path, "message": e.message, "time": stamp, "size": e.size,
+        self.db["errors"].insert_all(({"path": _sql_path(e.path), "message": e.message, "time": stamp, "size": e.size,
                                        "mtime_ns": e.mtime_ns} for e in errors), replace=True)
 
     def delete_errors(self, paths: Sequence[str]) -> None:
         self._writing(vectors_change=False)
-        self._delete_where_in("errors", "path", list(paths))
+        self._delete_where_in("errors", "path", [_sql_path(path) for path in paths])
 
     def collect_garbage(self) -> int:
         """Delete vectors no image uses any more; returns how many (the FAISS index does not change)."""

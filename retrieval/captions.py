@@ -40,6 +40,7 @@ class CaptionSet:
     items: list[ImageCaptions]
     missing: list[str]
     format: str
+    has_splits: bool = True  # whether the file names splits at all (without, every row is in every split)
 
     @property
     def caption_count(self) -> int:
@@ -78,7 +79,9 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None, fmt: s
                   split: str | None = None) -> CaptionSet:
     """Read ``path`` and resolve image names against ``images_dir`` (default: the file's folder).
 
-    ``split`` keeps only rows of that split (rows without a split are kept only when ``split`` is None).
+    ``split`` keeps only rows of that split (rows without a split are kept only when ``split`` is None), in a
+    file that names splits; a file without any (a Flickr token file, a table without a split column) is
+    read whole, with ``has_splits`` False.
     Raises :class:`CaptionsError` when the file is unreadable or none of its images exist.
     """
     path = Path(path)
@@ -97,9 +100,11 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None, fmt: s
     except (ValueError, KeyError, TypeError, csv.Error) as exc:
         raise CaptionsError(f"{path}: not a valid {fmt} captions file ({exc.__class__.__name__}: {exc})") from exc
     items, missing = [], []
-    for name, entry in _group(rows).items():
+    grouped = _group(rows)
+    has_splits = any(entry["split"] for entry in grouped.values())
+    for name, entry in grouped.items():
         entry_split = SPLIT_ALIASES.get(entry["split"], entry["split"])
-        if split is not None and entry_split != split:
+        if split is not None and has_splits and entry_split != split:
             continue
         image = root / name
         if not image.is_file():
@@ -110,7 +115,7 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None, fmt: s
         detail = f" ({len(missing)} named, e.g. {root / missing[0]})" if missing else ""
         wanted = f" in split {split!r}" if split else ""
         raise CaptionsError(f"{path}: no existing image with captions{wanted}{detail}")
-    return CaptionSet(items, missing, fmt)
+    return CaptionSet(items, missing, fmt, has_splits)
 
 
 def _read_text(path: Path) -> str:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):  # every checkpoint torch.save writes is a zip archive
+        raise CheckpointError(f"{path} is not a vlsearch model file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # UnpicklingError for pickled objects, RuntimeError for corrupt zips

@@ -21,7 +21,7 @@ COMMANDS = {
     "info": ("indexer.cli", "info", "Show what an index holds (and which model made it)."),
     "train": ("retrieval.cli_train", "train", "Train a model on captioned images."),
     "eval": ("retrieval.cli_train", "eval_command", "Evaluate a model: R@1/5/10 for text->image and image->text."),
-    "serve": ("retrieval.server", "serve", "Serve the search API and web page over HTTP."),
+    "serve": ("retrieval.cli_serve", "serve", "Serve the search API and web page over HTTP."),
 }
 
 

@@ -46,5 +46,8 @@ def demo(out_dir: Path, count: int, model_path: Path | None) -> None:
             click.echo(f"{rank:>4}  {hit.score:6.3f}  {'✓ ' if ok else '✗ '}  {hit.path}")
     found, possible = sum(q.found for q in result.queries), sum(q.possible for q in result.queries)
     click.echo(f"\ncorrect results: {found} of {possible} possible; contact sheet: {result.sheet}")
-    click.echo(f"done in {result.seconds:.0f} s. Try: vlsearch search \"a red star above a blue circle\" "
-               f"--index {out_dir / 'images'}")
+    click.echo(f"done in {result.seconds:.0f} s.")
+    if result.suggestion:
+        matches = "1 image in this folder matches" if result.suggestion_matches == 1 else \
+            f"{result.suggestion_matches} images in this folder match"
+        click.echo(f"Try: vlsearch search \"{result.suggestion}\" --index {out_dir / 'images'} ({matches} it)")

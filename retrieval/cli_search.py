@@ -1,12 +1,13 @@
 """``vlsearch search``: a thin shell over :meth:`retrieval.search.SearchEngine.search`."""
 from __future__ import annotations
 
-import json
+import os
+import sys
 from pathlib import Path
 
 import click
 
-from retrieval.errors import QueryError
+from retrieval.errors import IndexStoreError, QueryError
 
 
 @click.command()
@@ -28,6 +29,10 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
            model_path: Path | None) -> None:
     """Find the indexed images that best match QUERY.
 
+    A warning names the query words the model does not know (they change nothing), and says so when it knows
+    none of them. Exit status: 0 with results (or none above --min-score), 1 when there is no index or it is
+    empty, 2 for a bad query (empty, or an --image that is missing or unreadable).
+
     \b
     Examples:
       vlsearch search "a small red circle left of a blue square"
@@ -40,33 +45,37 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
         raise QueryError("the query is empty; give a sentence (or --image PATH)")
     if image_path is not None and query:
         raise click.UsageError("give either a sentence or --image, not both")
-    from retrieval.search import SearchEngine, results_document  # torch and faiss: only once the options make sense
-    from retrieval.tokenizer import tokenize
+    if image_path is not None and not image_path.is_file():
+        raise QueryError(f"no such file: {image_path}")
+    from indexer.layout import find_index  # faiss, but not yet torch: a missing index is reported in well under 1 s
 
-    with SearchEngine.open(index_dir, model=model_path) as engine:
+    found = find_index(index_dir)
+    from indexer.scan import printable
+    from retrieval.search import SearchEngine, json_bytes, results_document  # torch: only once the options make sense
+
+    words = None
+    with SearchEngine.open(found, model=model_path) as engine:
+        if not len(engine):
+            raise IndexStoreError(f"the index is empty: {engine.root} holds no indexed image "
+                                  f"(index it with `vlsearch index {engine.root}`)")
         if image_path is not None:
             hits = engine.search_image(image_path, k, min_score=min_score, where=where, glob=glob_pattern)
         else:
-            words = [token for token in tokenize(query) if token.isalnum()]
-            unknown = engine.unknown_words(query)
-            if words and len(unknown) == len(words):
-                click.echo(f"warning: none of the query words are known to the model: {' '.join(unknown)}", err=True)
             hits = engine.search(query, k, min_score=min_score, where=where, glob=glob_pattern)
+            words = engine.query_words(query)
+            if words.warning():
+                click.echo(f"warning: {words.warning()}", err=True)
+    sys.stdout.flush()
+    out = sys.stdout.buffer
     if as_json:
-        document = results_document(query, str(image_path) if image_path else None, k, hits)
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
-    elif paths_only:
-        for hit in hits:
-            click.echo(hit.abs_path)
+        document = results_document(query, str(image_path) if image_path else None, k, hits, words)
+        out.write(json_bytes(document) + b"\n")
+    elif paths_only:  # the names' own bytes, whatever their encoding
+        out.write(b"".join(os.fsencode(hit.abs_path) + b"\n" for hit in hits))
     else:
         if not hits:
             click.echo("no results", err=True)
             return
         click.echo(f"{'rank':>4}  {'score':>6}  path")
         for rank, hit in enumerate(hits, 1):
-            click.echo(f"{rank:>4}  {hit.score:6.3f}  {_printable(hit.path)}")
-
-
-def _printable(path: str) -> str:
-    """A file name may hold newlines or terminal escapes: show those escaped in the table (--json keeps them)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+            click.echo(f"{rank:>4}  {hit.score:6.3f}  {printable(hit.path)}")

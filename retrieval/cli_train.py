@@ -93,6 +93,10 @@ class TrainProgress:
                 click.echo(f"stage {event.number} of {event.stages}", err=True)
             _warn_missing(event.missing_train, "training")
             _warn_missing(event.missing_val, "validation")
+            if event.held_out:
+                click.echo(f"the captions name no splits: holding out {event.val_images} of their "
+                           f"{event.train_images + event.val_images} images for validation (seeded by --seed; "
+                           "or give --val-captions)", err=True)
             click.echo(f"training on {event.train_images} images / {event.train_captions} captions, "
                        f"validating on {event.val_images} images", err=True)
         elif isinstance(event, EpochEvent):

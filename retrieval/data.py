@@ -12,22 +12,12 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from retrieval.captions import ImageCaptions
+from retrieval.decode import Decoder, DecodeError
 from retrieval.model import pad_batch
 from retrieval.tokenizer import Vocabulary
-from retrieval.transforms import eval_transform_uint8
-
-
-def open_rgb(path: str) -> Image.Image:
-    """Decode one training image as RGB (first frame; EXIF orientation applied)."""
-    from PIL import ImageOps
-
-    with Image.open(path) as image:
-        image.draft("RGB", (512, 512))  # JPEG: decode at reduced size, training never needs more
-        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 @dataclass
@@ -116,13 +106,14 @@ def collate(samples: list[Sample | int]) -> Batch:
 
 
 def cache_images(items: Sequence[ImageCaptions], image_size: int) -> tuple[torch.Tensor, list[int]]:
-    """Decode every image once at the model's size: uint8 [N, 3, S, S] and the indices that failed."""
-    resize = eval_transform_uint8(image_size)
+    """Decode every image once at the model's size, exactly as the indexer does: uint8 [N, 3, S, S] and the
+    indices that failed."""
+    decoder = Decoder(image_size, normalise=False)
     cache = torch.zeros(len(items), 3, image_size, image_size, dtype=torch.uint8)
     failed = []
     for i, item in enumerate(items):
         try:
-            cache[i] = resize(open_rgb(str(item.image)))
-        except (OSError, ValueError, Image.DecompressionBombError):
+            cache[i] = decoder(item.image).pixels
+        except DecodeError:
             failed.append(i)
     return cache, failed

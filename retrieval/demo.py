@@ -38,15 +38,32 @@ def example_queries(scenes: Sequence[Scene]) -> list[tuple[str, Meaning]]:
         if found is not None:
             k, scene, relation = found
             used.add(k)
-            a, b = scene.objects[relation.subject], scene.objects[relation.object]
-            meaning = Meaning((Mention(a.colour, a.shape), Mention(b.colour, b.shape)), Relation(0, predicate, 1))
-            queries.append((f"{_a(a.colour)} {a.shape} {phrase} {_a(b.colour)} {b.shape}", meaning))
+            queries.append(_relation_query(scene, relation))
     pair = next((scene for k, scene in enumerate(scenes) if k not in used and len(scene.objects) == 2), None)
     if pair is not None:
         a, b = pair.objects
         meaning = Meaning((Mention(a.colour, a.shape), Mention(b.colour, b.shape)), count=2)
         queries.append((f"two objects: {_a(a.colour)} {a.shape} and {_a(b.colour)} {b.shape}", meaning))
     return queries
+
+
+def _relation_query(scene: Scene, relation: Relation) -> tuple[str, Meaning]:
+    """'a red star above a blue circle' for one relation of a scene (which therefore satisfies it)."""
+    a, b = scene.objects[relation.subject], scene.objects[relation.object]
+    meaning = Meaning((Mention(a.colour, a.shape), Mention(b.colour, b.shape)), Relation(0, relation.predicate, 1))
+    return f"{_a(a.colour)} {a.shape} {RELATION_PHRASES[relation.predicate]} {_a(b.colour)} {b.shape}", meaning
+
+
+def suggested_query(scenes: Sequence[Scene], avoid: Sequence[str] = ()) -> tuple[str, Meaning] | None:
+    """A query for the user to try: a relation between two colours in the folder's last such scene (so at
+    least that image answers it), unlike the example queries ``avoid``."""
+    for scene in reversed(scenes):
+        for relation in scene.relations:
+            if scene.objects[relation.subject].colour != scene.objects[relation.object].colour:
+                text, meaning = _relation_query(scene, relation)
+                if text not in avoid:
+                    return text, meaning
+    return None
 
 
 def _a(word: str) -> str:
@@ -81,6 +98,8 @@ class DemoResult:
     queries: list[QueryResult] = field(default_factory=list)
     sheet: Path | None = None
     seconds: float = 0.0
+    suggestion: str | None = None  # a query to try, drawn from the folder's own scenes
+    suggestion_matches: int = 0  # images in the folder that satisfy it (at least 1)
 
 
 Stage = Callable[[str, int, int], None]  # (stage name, done, total)
@@ -108,11 +127,16 @@ def run_demo(out_dir: str | os.PathLike = "vlsearch-demo", count: int = DEFAULT_
     summary = build_index(folder, model=model, progress=(lambda p: progress("indexing", p.done, p.total))
                           if progress else None)
     result = DemoResult(out, summary.line())
+    ordered = [scenes[name] for name in sorted(scenes)]
     with SearchEngine.open(folder / ".vlsearch", model=model) as engine:
-        for text, meaning in example_queries([scenes[name] for name in sorted(scenes)]):
+        for text, meaning in example_queries(ordered):
             hits = engine.search(text, RESULTS_PER_QUERY)
             matching = sum(satisfies(meaning, scene) for scene in scenes.values())
             result.queries.append(QueryResult(text, hits, [satisfies(meaning, scenes[h.path]) for h in hits], matching))
+    suggestion = suggested_query(ordered, [query.text for query in result.queries])
+    if suggestion is not None:
+        result.suggestion = suggestion[0]
+        result.suggestion_matches = sum(satisfies(suggestion[1], scene) for scene in scenes.values())
     result.sheet = write_contact_sheet(out / "contact_sheet.html", result.queries)
     result.seconds = time.perf_counter() - started
     return result

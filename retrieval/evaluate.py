@@ -87,10 +87,12 @@ def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 512) -> np.
     """Sentences -> unit vectors [N, D] (float32 numpy)."""
     import torch
 
+    from retrieval.device import unit_vectors
+
     chunks = [np.zeros((0, model.config.embed_dim), dtype=np.float32)]
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            chunks.append(model.encode_captions(list(texts[start:start + batch_size])).float().cpu().numpy())
+            chunks.append(unit_vectors(model.encode_captions(list(texts[start:start + batch_size]))).cpu().numpy())
     return np.concatenate(chunks)
 
 
@@ -102,12 +104,14 @@ def embed_set(model: Any, items: Sequence[Any], embed_images: Callable[[range], 
     """
     import torch
 
-    from retrieval.device import autocast
+    from retrieval.device import autocast, unit_vectors
 
     image_vectors = []
-    with torch.inference_mode(), autocast(device, dtype):
+    with torch.inference_mode():
         for start in range(0, len(items), batch_size):
-            image_vectors.append(embed_images(range(start, min(len(items), start + batch_size))).float().cpu().numpy())
+            with autocast(device, dtype):
+                vectors = embed_images(range(start, min(len(items), start + batch_size)))
+            image_vectors.append(unit_vectors(vectors).cpu().numpy())
     caption_vectors = encode_texts(model, [c for item in items for c in item.captions])
     caption_image = np.repeat(np.arange(len(items)), [len(item.captions) for item in items])
     return np.concatenate(image_vectors), caption_vectors, caption_image
@@ -130,20 +134,17 @@ def encode_items(model: Any, items: Sequence[Any], device: Any = "cpu") -> Encod
 
     from retrieval.data import cache_images
     from retrieval.device import resolve_precision
-    from retrieval.transforms import normalize_uint8
+    from retrieval.transforms import prepare_batch
 
     device = torch.device(device)
     pixels, failed_rows = cache_images(items, model.config.image_size)
-    dropped = set(failed_rows)
-    keep = [i for i in range(len(items)) if i not in dropped]
+    keep = [i for i in range(len(items)) if i not in set(failed_rows)]
     failed = [str(items[i].image) for i in failed_rows]
     pixels, items = pixels[keep], [items[i] for i in keep]
 
     def embed_images(indices: range) -> torch.Tensor:
-        batch = normalize_uint8(pixels[indices.start:indices.stop].to(device), model.config.input_mean,
-                                model.config.input_std)
-        if device.type == "cpu":
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = prepare_batch(pixels[indices.start:indices.stop], device, model.config.input_mean,
+                              model.config.input_std)
         return model.encode_image(batch)
 
     images, texts, caption_image = embed_set(model, items, embed_images, device, resolve_precision("auto", device))

@@ -28,7 +28,7 @@ from retrieval.cli_options import config_fields, convert_field
 from retrieval.config import DataConfig, ModelConfig, TrainConfig
 from retrieval.errors import ConfigError
 from retrieval.scenes.corpus import export_corpus, load_records, training_items
-from retrieval.train import EpochEvent, StepEvent, TrainResult, train
+from retrieval.train import EpochEvent, StepEvent, TrainResult, hold_out, train
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 KEYS = ("name", "description", *SECTIONS, "stages")
@@ -75,6 +75,7 @@ class StageEvent:
     val_images: int
     missing_train: list[str]
     missing_val: list[str]
+    held_out: bool = False  # the captions name no splits: validation images were held out of them (seeded)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -157,10 +158,10 @@ def train_recipe(recipe: Recipe, out_path: str | Path, on_event: Event | None = 
     model = load_model(init) if init is not None else None
     kept: list[Path] = []
     for number, (data, model_config, train_config) in enumerate(stages, 1):
-        train_items, val_items, missing = stage_data(data, model_config, train_config, out_path)
+        train_items, val_items, missing, held_out = stage_data(data, model_config, train_config, out_path)
         if on_event:
             on_event(StageEvent(number, len(stages), len(train_items), sum(len(i.captions) for i in train_items),
-                                len(val_items), *missing))
+                                len(val_items), *missing, held_out))
         last = number == len(stages)
         path = out_path if last else out_path.with_name(f"{out_path.stem}.stage{number}{out_path.suffix}")
         result = train(train_items, val_items, model_config, train_config, path, on_event, model)
@@ -178,21 +179,25 @@ def train_recipe(recipe: Recipe, out_path: str | Path, on_event: Event | None = 
 
 
 def stage_data(data: DataConfig, model: ModelConfig, config: TrainConfig, out_path: Path
-               ) -> tuple[list[ImageCaptions], list[ImageCaptions], tuple[list[str], list[str]]]:
-    """Training and validation items of one stage, and the images their captions named but that are missing."""
+               ) -> tuple[list[ImageCaptions], list[ImageCaptions], tuple[list[str], list[str]], bool]:
+    """Training and validation items of one stage, the images their captions named but that are missing, and
+    whether the validation images were held out of captions that name no splits."""
     if data.scenes and data.captions:
         raise ConfigError("give either captions or scenes as training data, not both")
     if data.scenes:
         folder = export_scenes(data, model, out_path, config.workers)
         records = list(load_records(folder).values())
         return (training_items(folder, [r for r in records if r.split == "train"], data.scene_negatives),
-                training_items(folder, [r for r in records if r.split == "val"], False), ([], []))
+                training_items(folder, [r for r in records if r.split == "val"], False), ([], []), False)
     if not data.captions:
         raise ConfigError("no training data: give --captions (or --scenes, or a --recipe that names them)")
     train_set = load_captions(data.captions, data.images, data.format, split=data.split)
+    if not data.val_captions and not train_set.has_splits:
+        train_items, val_items = hold_out(train_set.items, config.seed)
+        return train_items, val_items, (train_set.missing, []), True
     val_set = (load_captions(data.val_captions, data.images, data.format) if data.val_captions
                else load_captions(data.captions, data.images, data.format, split="val"))
-    return train_set.items, val_set.items, (train_set.missing, val_set.missing)
+    return train_set.items, val_set.items, (train_set.missing, val_set.missing), False
 
 
 def export_scenes(data: DataConfig, model: ModelConfig, out_path: str | Path, workers: int = 1) -> Path:

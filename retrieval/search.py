@@ -10,6 +10,7 @@ so ``k`` results come back whenever ``k`` images match. One engine is safe to sh
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -20,12 +21,10 @@ import numpy as np
 from PIL import Image
 
 from indexer import layout, vectors
+from indexer.layout import INDEX_ENV, find_index  # noqa: F401  (part of this module's API)
 from indexer.store import Store
 from retrieval.checkpoint import default_model_path, load_model, read_checkpoint
 from retrieval.errors import CheckpointError, IndexStoreError, QueryError
-
-INDEX_ENV = "VLSEARCH_INDEX"
-
 
 @dataclass(frozen=True)
 class Hit:
@@ -47,25 +46,34 @@ class Hit:
         return asdict(self)
 
 
-def results_document(query: str | None, image: str | None, k: int, hits: Sequence[Hit]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class QueryWords:
+    """What the model makes of a text query's words (stop words such as "a" and "the" aside)."""
+
+    unknown: list[str]  # content words it has never seen: read as <unk>, they change nothing
+    meaningless: bool  # it knows none of the content words: the ranking says nothing about the query
+
+    def warning(self) -> str | None:
+        """The one-line warning a user should see, or None."""
+        if self.meaningless:
+            known = f"the model does not know: {', '.join(self.unknown)}; " if self.unknown else ""
+            return f"{known}it knows no word of this query, so the results are meaningless"
+        return f"the model does not know: {', '.join(self.unknown)}" if self.unknown else None
+
+
+def results_document(query: str | None, image: str | None, k: int, hits: Sequence[Hit],
+                     words: QueryWords | None = None) -> dict[str, Any]:
     """The JSON document of one search: what ``vlsearch search --json`` prints and ``/api/search`` returns."""
     return {"query": query, "image": image, "k": k,
+            "unknown_words": list(words.unknown) if words else [], "meaningless": bool(words and words.meaningless),
             "results": [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, 1)]}
 
 
-def find_index(index: str | os.PathLike | None = None, start: str | os.PathLike | None = None) -> Path:
-    """``index`` if given, else ``$VLSEARCH_INDEX``, else the nearest ``.vlsearch/`` in ``start`` or its parents."""
-    if index is not None:
-        return layout.find_index_dir(index)
-    if os.environ.get(INDEX_ENV):
-        return layout.find_index_dir(os.environ[INDEX_ENV])
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = layout.default_index_dir(folder)
-        if layout.db_path(candidate).is_file():
-            return candidate
-    raise IndexStoreError(f"no index found in {here} or its parents; build one with `vlsearch index FOLDER`, "
-                          f"or pass --index DIR (or set {INDEX_ENV})")
+def json_bytes(document: Any, indent: int | None = 2) -> bytes:
+    """UTF-8 JSON of a results document. A file name's bytes that are not UTF-8 are held, as Python holds them,
+    as lone surrogates U+DC80-U+DCFF (surrogateescape) and written as JSON escapes ``\\udcXX``: ``json.loads``
+    then ``os.fsencode(path)`` gives back the exact bytes."""
+    return json.dumps(document, indent=indent, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _model_for_index(meta: dict[str, Any], model: str | os.PathLike | None) -> Path:
@@ -93,7 +101,7 @@ class SearchEngine:
         self._lock = threading.RLock()
         self._text_model = load_model(model_path, device=device, with_image=False)
         store.check_model(self._text_model.identity, str(model_path))
-        self._image_model: Any = None  # loaded on the first image query
+        self._image_embedder: Any = None  # loaded on the first image query
         self._generation = -1
         self._vectors: Any = None
         self.refresh()
@@ -149,8 +157,13 @@ class SearchEngine:
         return self._text_model.identity
 
     def unknown_words(self, text: str) -> list[str]:
-        """Words of ``text`` the model's vocabulary lacks (they are read as <unk>)."""
+        """Content words of ``text`` the model's vocabulary lacks (it reads them as <unk>: they change nothing)."""
         return self._text_model.vocab.unknown_words(text)
+
+    def query_words(self, text: str) -> QueryWords:
+        """The unknown content words of ``text``, and whether the model knows none of them."""
+        vocab = self._text_model.vocab
+        return QueryWords(vocab.unknown_words(text), not vocab.known_content_words(text))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Sentences -> unit vectors [N, D] float32."""
@@ -158,31 +171,29 @@ class SearchEngine:
 
         if isinstance(texts, str):
             raise TypeError("encode_text takes a list of strings")
+        from retrieval.device import unit_vectors
+
         with self._lock, torch.inference_mode():
-            return self._text_model.encode_captions(list(texts)).float().cpu().numpy()
+            return unit_vectors(self._text_model.encode_captions(list(texts))).cpu().numpy()
 
-    def encode_image(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
-        """An image (path or PIL image) -> unit vector [1, D] float32, decoded as the indexer does."""
-        import torch
+    def encode_image(self, image: str | os.PathLike | bytes | Image.Image) -> np.ndarray:
+        """An image (path, file bytes or PIL image) -> unit vector [1, D] float32, decoded and embedded as the
+        indexer does (a PIL image skips the decoder's EXIF and size steps: pass the file when there is one)."""
+        from indexer.embed import ImageEmbedder
+        from retrieval.decode import DecodeError, Decoder, to_rgb
 
-        from indexer.decode import DecodeError, Decoder, to_rgb
-        from retrieval.device import autocast, resolve_precision
-
+        if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
+            raise QueryError(f"no such file: {image}")
         with self._lock:
-            if self._image_model is None:
-                self._image_model = load_model(self.model_path, device=self.device)
-            model = self._image_model
-            decoder = Decoder(model.config.image_size, mean=model.config.input_mean, std=model.config.input_std)
+            if self._image_embedder is None:
+                self._image_embedder = ImageEmbedder(load_model(self.model_path, device=self.device), self.device)
+            embedder = self._image_embedder
+            decoder = Decoder(embedder.image_size, normalise=False)  # uint8: the embedder normalises
             try:
-                if isinstance(image, Image.Image):
-                    pixels = decoder.transform(to_rgb(image))
-                else:
-                    pixels = decoder(image).pixels
+                pixels = decoder.transform(to_rgb(image)) if isinstance(image, Image.Image) else decoder(image).pixels
             except DecodeError as exc:
-                raise QueryError(f"{image}: {exc}") from exc
-            device = torch.device(self.device)
-            with torch.inference_mode(), autocast(device, resolve_precision("auto", device)):
-                return model.encode_image(pixels.unsqueeze(0).to(device)).float().cpu().numpy()
+                raise QueryError(f"{'the image' if isinstance(image, bytes) else image}: {exc}") from exc
+            return embedder(pixels.unsqueeze(0))  # [1, D]
 
     # -- searching ----------------------------------------------------------------------------------------
 
@@ -193,8 +204,8 @@ class SearchEngine:
             raise QueryError("the query is empty; describe the image you are looking for")
         return self.search_vector(self.encode_text([text])[0], k, min_score=min_score, where=where, glob=glob)
 
-    def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10, *, min_score: float | None = None,
-                     where: str | None = None, glob: str | None = None) -> list[Hit]:
+    def search_image(self, image: str | os.PathLike | bytes | Image.Image, k: int = 10, *,
+                     min_score: float | None = None, where: str | None = None, glob: str | None = None) -> list[Hit]:
         """The ``k`` indexed images most similar to an example image."""
         return self.search_vector(self.encode_image(image)[0], k, min_score=min_score, where=where, glob=glob)
 

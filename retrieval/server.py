@@ -25,16 +25,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, get_type_hints
 
-import click
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, create_model
 
-from indexer.decode import DecodeError, load_rgb
+from retrieval.decode import DecodeError, load_rgb
 from retrieval._version import __version__
 from retrieval.errors import QueryError, VlsearchError
-from retrieval.search import Hit, SearchEngine, results_document
+from retrieval.search import Hit, SearchEngine, json_bytes, results_document
 
 MAX_UPLOAD = 20 * 1024 * 1024  # bytes of an example image
 MAX_K = 1000
@@ -55,6 +54,8 @@ class SearchResults(BaseModel):
     query: str | None
     image: str | None  # the uploaded file's name, for a query by example
     k: int
+    unknown_words: list[str]  # content words of the query the model does not know (they change nothing)
+    meaningless: bool  # the model knows no content word of the query: the ranking says nothing about it
     results: list[Result]  # type: ignore[valid-type]
 
 
@@ -74,6 +75,13 @@ class Reloaded(Stats):
 
 class Detail(BaseModel):
     detail: str
+
+
+class JSON(JSONResponse):
+    """JSON as ``vlsearch search --json`` writes it: a file name's bytes that are not UTF-8 as ``\\udcXX``."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content, indent=None)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Detail} for code in (400, 404, 413)}
@@ -142,14 +150,16 @@ def thumbnail(source: Path, cache_dir: Path, content_hash: str, size: int = THUM
     return data
 
 
-def _upload(image: UploadFile, limit: int) -> Image.Image:
+def _upload(image: UploadFile, limit: int) -> bytes:
+    """The uploaded file's bytes, checked to decode (the engine decodes them again, as the indexer does)."""
     data = image.file.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(413, f"the image is larger than the limit of {limit:,} bytes")
     if not data:
         raise HTTPException(400, "the uploaded image is empty")
     try:
-        return load_rgb(data)[0]
+        load_rgb(data)
+        return data
     except DecodeError as exc:
         raise HTTPException(400, f"{image.filename or 'upload'}: {exc}") from exc
 
@@ -166,7 +176,8 @@ def create_app(engine: SearchEngine, *, max_upload: int = MAX_UPLOAD) -> FastAPI
         shared.close()
 
     app = FastAPI(title="vlsearch", summary="Find indexed images by describing them, or by an example image.",
-                  version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+                  version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  default_response_class=JSON)
 
     @app.exception_handler(VlsearchError)
     async def library_error(request: Request, exc: VlsearchError) -> JSONResponse:
@@ -192,7 +203,8 @@ def create_app(engine: SearchEngine, *, max_upload: int = MAX_UPLOAD) -> FastAPI
         """The `k` indexed images most similar to a sentence (`vlsearch search --json`)."""
         with shared.use() as engine:
             hits = engine.search(q, k, min_score=min_score, glob=glob)
-        return results_document(q, None, k, hits)
+            words = engine.query_words(q)
+        return results_document(q, None, k, hits, words)
 
     @app.post("/api/search", response_model=SearchResults, responses=ERRORS, tags=["search"])
     def search_image(image: UploadFile = File(description=f"An example image, at most {max_upload} bytes."),
@@ -209,7 +221,8 @@ def create_app(engine: SearchEngine, *, max_upload: int = MAX_UPLOAD) -> FastAPI
         """The original file of an indexed image."""
         row, path = shared.row(image_id)
         media_type = Image.MIME.get((row["format"] or "").upper(), "application/octet-stream")
-        return FileResponse(path, media_type=media_type, filename=path.name, content_disposition_type="inline")
+        name = os.fsencode(path.name).decode("utf-8", "replace")  # a header cannot carry non-UTF-8 bytes
+        return FileResponse(path, media_type=media_type, filename=name, content_disposition_type="inline")
 
     @app.get("/api/thumbs/{image_id}", response_class=Response, responses={
         **ERRORS, 200: {"content": {"image/jpeg": {}}, "description": f"JPEG, at most {THUMB_SIZE} px a side"}},
@@ -247,29 +260,3 @@ def create_app(engine: SearchEngine, *, max_upload: int = MAX_UPLOAD) -> FastAPI
         return Response((resources.files("retrieval") / "static" / name).read_bytes(), media_type=ASSETS[name])
 
     return app
-
-
-@click.command()
-@click.option("--index", "index_dir", type=click.Path(path_type=Path),
-              help="Index folder (default: $VLSEARCH_INDEX, else the nearest .vlsearch/ here or above).")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Anything but loopback lets others search and download the images.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to encode queries with (default: the one the index was built with).")
-def serve(index_dir: Path | None, host: str, port: int, model_path: Path | None) -> None:
-    """Serve the search API and a web page for one index (model and index are loaded once).
-
-    \b
-    Examples:
-      vlsearch serve                                 # http://127.0.0.1:8000/
-      vlsearch serve --index ~/Pictures/.vlsearch --port 8080
-      curl 'http://127.0.0.1:8000/api/search?q=a+red+circle&k=5'
-    """
-    import uvicorn
-
-    engine = SearchEngine.open(index_dir, model=model_path)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: listening on {host}: whoever reaches it can search and download the images", err=True)
-    click.echo(f"{len(engine)} images from {engine.index_dir}: http://{host}:{port}/  (API: /openapi.json)", err=True)
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")

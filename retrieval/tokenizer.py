@@ -11,6 +11,11 @@ PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 MAX_TOKENS = 64  # longer queries are truncated: a caption is a sentence, not a document
 
+# words that carry no content of their own: a query of only these (or with only these known) means nothing,
+# and their being unknown is not worth a warning
+STOP_WORDS = frozenset({"a", "an", "the", "of", "and", "or", "is", "are", "there", "this", "that", "it", "its",
+                        "some"})
+
 _TOKEN = re.compile(r"[^\W_]+|[^\w\s]", re.UNICODE)
 
 
@@ -22,6 +27,10 @@ def tokenize(text: str) -> list[str]:
     """
     text = unicodedata.normalize("NFKC", text).lower()
     return _TOKEN.findall(text)
+
+
+def _content_words(text: str) -> list[str]:
+    return [tok for tok in tokenize(text)[:MAX_TOKENS] if tok.isalnum() and tok not in STOP_WORDS]
 
 
 @dataclass
@@ -54,8 +63,12 @@ class Vocabulary:
         return ids or [UNK_ID]
 
     def unknown_words(self, text: str) -> list[str]:
-        """Words of ``text`` the model has never seen (punctuation ignored)."""
-        return [tok for tok in tokenize(text) if tok not in self._ids and tok.isalnum()]
+        """Content words of ``text`` the model has never seen, each once (punctuation and stop words ignored)."""
+        return list(dict.fromkeys(tok for tok in _content_words(text) if tok not in self._ids))
+
+    def known_content_words(self, text: str) -> list[str]:
+        """Content words of ``text`` the model knows."""
+        return [tok for tok in _content_words(text) if tok in self._ids]
 
     def to_list(self) -> list[str]:
         return list(self.words)

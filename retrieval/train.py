@@ -20,18 +20,23 @@ from torch.utils.data import DataLoader
 from retrieval.captions import ImageCaptions
 from retrieval.checkpoint import save_checkpoint
 from retrieval.config import ModelConfig, TrainConfig
-from retrieval.data import Batch, PairDataset, cache_images, collate, open_rgb
-from retrieval.device import autocast, resolve_device, resolve_precision, set_threads
+from retrieval.data import Batch, PairDataset, cache_images, collate
+from retrieval.decode import DecodeError, load_rgb
+from retrieval.device import autocast, resolve_device, resolve_precision, set_threads, unit_vectors
 from retrieval.errors import CaptionsError
 from retrieval.evaluate import EvalResult, embed_set, folded_metrics
 from retrieval.loss import make_loss
 from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
-from retrieval.transforms import normalize_uint8, train_transform
+from retrieval.transforms import prepare_batch, train_transform
 
 # Collapsed = the image embeddings crowd onto one point (mean cosine between different images above this)
 # *and* retrieval is near chance; early in training the first alone is common and harmless.
 COLLAPSE_SIMILARITY = 0.95
+# Without a validation set, this share of the training images (at least 1, at most MAX_HELD_OUT), drawn with the
+# run's seed, is held out to validate on.
+VALIDATION_SHARE = 0.05
+MAX_HELD_OUT = 1000
 
 
 @dataclass
@@ -94,14 +99,12 @@ class _ImageSource:
         self.features = False
         self.failed: list[str] = []  # images that could not be decoded, dropped from training
         if self.streaming:
-            self.transform = train_transform(size, augment=True, flip=config.flip, mean=model.config.input_mean,
-                                             std=model.config.input_std)
+            self.transform = train_transform(size, augment=True, flip=config.flip)
             self.cache = None
             return
         self.cache, failed = cache_images(items, size)
         if failed:
-            dropped = set(failed)
-            keep = [i for i in range(len(items)) if i not in dropped]
+            keep = [i for i in range(len(items)) if i not in set(failed)]
             self.failed = [str(items[i].image) for i in failed]
             self.cache, self.items = self.cache[keep], [items[i] for i in keep]
         if config.feature_cache and model.config.freeze_backbone:
@@ -119,21 +122,16 @@ class _ImageSource:
     def load(self, index: int) -> torch.Tensor | None:
         if self.cache is not None:
             return self.cache[index]
-        try:
-            return self.transform(open_rgb(str(self.items[index].image)))
-        except (OSError, ValueError):
+        try:  # the indexer's decoder, at up to twice the model's side: random crops zoom in
+            return self.transform(load_rgb(self.items[index].image, 2 * self.model.config.image_size)[0])
+        except DecodeError:
             return None
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = normalize_uint8(images, self.model.config.input_mean, self.model.config.input_std)
-        if self.device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        return prepare_batch(images, self.device, self.model.config.input_mean, self.model.config.input_std)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """A batch from :meth:`load` -> unit vectors [B, D]."""
+        """A batch from :meth:`load` -> vectors [B, D] (unit length after :func:`unit_vectors`)."""
         if self.features:
             return self.model.image.project(images.to(self.device))
         return self.model.encode_image(self._prepare(images))
@@ -153,17 +151,32 @@ def _evaluate(model: DualEncoder, source: _ImageSource, items: Sequence[ImageCap
     return metrics, crowded and metrics.t2i.r10 <= 2 * chance_r10
 
 
-def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaptions], model_config: ModelConfig,
+def hold_out(items: Sequence[ImageCaptions], seed: int = 0) -> tuple[list[ImageCaptions], list[ImageCaptions]]:
+    """(training, validation) images: a seeded :data:`VALIDATION_SHARE` of ``items`` held out for validation."""
+    if len(items) < 2:
+        raise CaptionsError(f"training needs at least 2 images to hold one out for validation, not {len(items)}; "
+                            "or give a validation set")
+    count = min(MAX_HELD_OUT, max(1, round(len(items) * VALIDATION_SHARE)))
+    held = set(random.Random(seed).sample(range(len(items)), count))
+    return ([item for i, item in enumerate(items) if i not in held],
+            [item for i, item in enumerate(items) if i in held])
+
+
+def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaptions] | None, model_config: ModelConfig,
           config: TrainConfig, out_path: str | Path,
           on_event: Callable[[StepEvent | EpochEvent], None] | None = None,
           initial: DualEncoder | None = None) -> TrainResult:
     """Train a new model on ``train_items``, validate on ``val_items`` every epoch, keep the best at ``out_path``.
 
+    Without ``val_items`` (None or empty), :func:`hold_out` keeps a seeded share of ``train_items`` for validation.
+
     ``initial`` continues from a trained model: its architecture and vocabulary win over ``model_config``,
     whose ``freeze_backbone`` still says whether this run trains the trunk (with ``feature_cache``, a
     frozen-trunk run costs one forward pass per image, then trains the heads ~10x faster).
     """
-    if not train_items or not val_items:
+    if not val_items:
+        train_items, val_items = hold_out(train_items, config.seed)
+    if not train_items:
         raise CaptionsError("training needs at least one training image and one validation image")
     seed_everything(config.seed)
     set_threads()
@@ -247,17 +260,20 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
 def _train_step(model: DualEncoder, source: _ImageSource, loss_fn: torch.nn.Module, batch: Batch,
                 device: torch.device, dtype: torch.dtype, optimizer: torch.optim.Optimizer, grad_clip: float) -> float:
     optimizer.zero_grad(set_to_none=True)
+    negatives = mask = None
     with autocast(device, dtype):
-        images = source.embed(batch.images).float()
-        texts = model.encode_text(batch.tokens.to(device), batch.lengths).float()
-        negatives = mask = None
+        images = source.embed(batch.images)
+        texts = model.encode_text(batch.tokens.to(device), batch.lengths)
         if batch.negatives is not None:
-            negatives = model.encode_text(batch.negatives.to(device), batch.negative_lengths).float()
+            negatives = model.encode_text(batch.negatives.to(device), batch.negative_lengths)
             mask = batch.negative_mask.to(device)
-        # one contrastive loss per caption slot: each is B x B with distinct images, so no false negatives
-        slots = [slice(k, k + len(images)) for k in range(0, len(texts), len(images))]
-        loss = torch.stack([loss_fn(images, texts[s], None if negatives is None else negatives[s],
-                                    None if mask is None else mask[s]) for s in slots]).mean()
+    # unit float32 vectors whatever the precision, as indexing and search see them
+    images, texts = unit_vectors(images), unit_vectors(texts)
+    negatives = None if negatives is None else unit_vectors(negatives)
+    # one contrastive loss per caption slot: each is B x B with distinct images, so no false negatives
+    slots = [slice(k, k + len(images)) for k in range(0, len(texts), len(images))]
+    loss = torch.stack([loss_fn(images, texts[s], None if negatives is None else negatives[s],
+                                None if mask is None else mask[s]) for s in slots]).mean()
     loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -1,47 +1,52 @@
-"""Image transforms: PIL image -> normalised tensor [3, S, S] (directly, or as uint8 normalised later in batches)."""
+"""Pixels for the CNN: PIL image -> uint8 [3, S, S] (decoding threads and DataLoader workers), then one
+batch step, :func:`prepare_batch`, that every path shares (training, evaluation, indexing, search):
+to the device, normalised with the model's own mean and std, channels_last."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
-MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: right for pretrained backbones, harmless from scratch
-STD = (0.229, 0.224, 0.225)
-# a model's own normalisation is in its config (ModelConfig.input_mean / input_std); these are the defaults
-Stats = tuple[float, ...]
+from retrieval.config import ModelConfig
 
-
-def eval_transform(image_size: int, mean: Stats = MEAN, std: Stats = STD) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the short side to ``image_size``, centre-crop a square, normalise."""
-    from torchvision import transforms as T
-
-    return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToTensor(),
-                      T.Normalize(mean, std)])
+MEAN = ModelConfig.input_mean  # ImageNet statistics, the default of every model
+STD = ModelConfig.input_std
 
 
 def eval_transform_uint8(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """:func:`eval_transform` without its last step: uint8 [3, S, S]; :func:`normalize_uint8` finishes it."""
+    """Resize the short side to ``image_size``, centre-crop a square: uint8 [3, S, S]."""
     from torchvision import transforms as T
 
     return T.Compose([T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.PILToTensor()])
 
 
-def normalize_uint8(images: torch.Tensor, mean: Stats = MEAN, std: Stats = STD) -> torch.Tensor:
-    """uint8 [B, 3, S, S] -> float normalised, bit for bit as :func:`eval_transform` (keeps the memory format)."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+def normalize_uint8(images: torch.Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
+    """uint8 [B, 3, S, S] -> float (x / 255 - mean) / std, as torchvision's ToTensor + Normalize (keeps the
+    memory format)."""
+    mean_t = torch.tensor(tuple(mean), device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(tuple(std), device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean_t) / std_t
 
 
-def train_transform(image_size: int, augment: bool = True, flip: bool = True, mean: Stats = MEAN,
-                    std: Stats = STD) -> Callable[[Image.Image], torch.Tensor]:
-    """Random resized crops (and optional flips) for training; the eval transform when ``augment`` is off."""
+def prepare_batch(images: torch.Tensor, device: torch.device, mean: Sequence[float] = MEAN,
+                  std: Sequence[float] = STD) -> torch.Tensor:
+    """uint8 (or already normalised float) [B, 3, S, S] -> the model's input on ``device``: normalised with
+    ``mean``/``std`` (the model's ``config.input_mean``/``input_std``), channels_last (1.2-1.4x faster)."""
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    if images.dtype == torch.uint8:  # a quarter of the bytes to move; the arithmetic keeps channels_last
+        images = normalize_uint8(images, mean, std)
+    return images
+
+
+def train_transform(image_size: int, augment: bool = True, flip: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+    """Random resized crops (and optional flips) for training, uint8 [3, S, S]; the eval transform when
+    ``augment`` is off. :func:`prepare_batch` normalises the batch."""
     from torchvision import transforms as T
 
     if not augment:
-        return eval_transform(image_size, mean, std)
+        return eval_transform_uint8(image_size)
     steps = [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.85, 1.18), antialias=True)]
     if flip:
         steps.append(T.RandomHorizontalFlip())
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose([*steps, T.PILToTensor()])

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from benchlib import load, machine_line, table, verdict
-from indexer.decode import Decoder
+from retrieval.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import Job, build_index, in_order, prepare
 from indexer.scan import scan
@@ -40,9 +40,8 @@ from retrieval.config import ModelConfig
 from retrieval.device import resolve_device, set_threads
 from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
-from retrieval.transforms import eval_transform
 
-# the shipped default model's shape (data/scenes.recipe.json but drop_stages), a random stand-in
+# the shipped default model's shape (scripts/train_default.py), a random stand-in until it exists
 DEFAULT_SHAPE = ModelConfig(backbone="resnet18", image_size=64, pool="grid2", embed_dim=256, word_dim=128,
                             hidden_size=256)
 
@@ -91,7 +90,11 @@ def pipeline(folder: Path, work: Path, model: DualEncoder, args: argparse.Namesp
 
 def naive(files: list[Path], model: DualEncoder, device: torch.device) -> float:
     """(c) images/s of the textbook loop: full decode, eval transform, fp32 NCHW, one image at a time."""
-    transform = eval_transform(model.config.image_size, model.config.input_mean, model.config.input_std)
+    from torchvision import transforms as T
+
+    size, config = model.config.image_size, model.config
+    transform = T.Compose([T.Resize(size, antialias=True), T.CenterCrop(size), T.ToTensor(),
+                           T.Normalize(config.input_mean, config.input_std)])
     model.image.to(memory_format=torch.contiguous_format)  # ImageEmbedder made it channels_last
 
     def one(path: Path) -> None:

@@ -30,6 +30,10 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), 
 SHAPES = ("circle", "square", "triangle")
 CAPTIONS = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
 IMAGE_COUNT = 24
+# `python -c RUN_AND_REPORT_TORCH ARGS...`: runs `vlsearch ARGS`, then prints "exit N" and "torch imported: B"
+RUN_AND_REPORT_TORCH = ("import sys; from retrieval.cli import main; sys.argv = ['vlsearch', *sys.argv[1:]]\n"
+                        "try:\n    main()\nexcept SystemExit as stop:\n    print('exit', stop.code)\n"
+                        "print('torch imported:', 'torch' in sys.modules)")
 TINY_CONFIG = dict(backbone="resnet18", image_size=32, embed_dim=16, word_dim=16, hidden_size=16)
 
 # Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads that wait

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import faulthandler
 import io
+import json
 import os
 import zlib
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from conftest import make_image
 from indexer import layout, pipeline, vectors
-from indexer.decode import Decoder
+from retrieval.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import IndexSummary, build_index
 from indexer.store import Store
@@ -59,7 +60,7 @@ KINDS = {
     "no-read-permission": Kind("locked.jpg", "error", "cannot read the file (Permission denied)"),
     "broken-symlink": Kind("broken-link.jpg", "error", "broken symbolic link"),
     "symlink-loop": Kind("loop-a.jpg", "error", "Too many levels of symbolic links"),
-    "non-utf8-name": Kind("caf\ufffd.jpg", "error", "not valid UTF-8"),
+    "non-utf8-name": Kind(os.fsdecode(NON_UTF8), "indexed", "JPEG"),  # as Python names it: 'caf\udce9.jpg'
     "newline-in-name": Kind("new\nline.jpg", "indexed", "JPEG"),
     "30-level-deep-folder": Kind(DEEP, "indexed", "JPEG"),
     "deleted-between-scan-and-decode": Kind("deleted-after-scan.jpg", "skipped"),
@@ -241,3 +242,30 @@ def test_the_messy_index_searches(built: tuple[Path, IndexSummary], index_rows: 
         hits = engine.search("a red circle", k=100)
     assert sorted(hit.path for hit in hits) == sorted(index_rows[0])
     assert all(Path(hit.abs_path).is_file() for hit in hits)
+
+
+def test_a_non_utf8_name_round_trips_exactly_through_paths_json_and_the_api(built: tuple[Path, IndexSummary]) -> None:
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from retrieval.cli import cli
+    from retrieval.server import create_app
+
+    folder = built[0]
+    exact = os.fsencode(folder) + b"/" + NON_UTF8
+    args = ["search", "a red circle", "--index", str(folder / ".vlsearch"), "-k", "100"]
+    paths = CliRunner().invoke(cli, [*args, "--paths"])
+    assert paths.exit_code == 0, paths.output
+    assert exact in paths.stdout_bytes.splitlines()  # the name's own bytes
+    as_json = CliRunner().invoke(cli, [*args, "--json"])
+    assert as_json.exit_code == 0 and b'"caf\\udce9.jpg"' in as_json.stdout_bytes  # documented escape
+    hit = next(h for h in json.loads(as_json.stdout_bytes)["results"] if os.fsencode(h["path"]) == NON_UTF8)
+    assert os.fsencode(hit["abs_path"]) == exact
+    with TestClient(create_app(SearchEngine.open(folder / ".vlsearch"))) as client:
+        found = client.get("/api/search", params={"q": "a red circle", "k": 100}).json()["results"]
+        served = next(h for h in found if os.fsencode(h["path"]) == NON_UTF8)
+        assert served["id"] == hit["id"]
+        original = client.get(f"/api/images/{served['id']}")
+        assert original.status_code == 200 and original.content == Path(os.fsdecode(exact)).read_bytes()
+        assert client.get("/api/search", params={"q": "a red circle", "glob": "caf*"}).json()["results"][0]["id"] \
+            == hit["id"]  # a glob on the name's UTF-8 part still finds it

@@ -323,6 +323,20 @@ def test_split_filter_drops_rows_of_other_splits_and_without_a_split(tmp_path: P
         load_captions(path, images, split="val")
 
 
+@pytest.mark.parametrize("name,text", [
+    ("captions.token.txt", "a.jpg#0\ta red circle\na.jpg#1\tthere is a red circle\nb.jpg#0\ta blue square\n"),
+    ("captions.jsonl", '{"image": "a.jpg", "caption": "a red circle"}\n{"image": "b.jpg", "caption": "a blue square"}'),
+    ("captions.csv", "image,caption\na.jpg,a red circle\nb.jpg,a blue square\n"),
+])
+def test_a_file_without_splits_is_read_whole_for_any_split(tmp_path: Path, images: Path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    for split in ("train", "val", None):
+        result = load_captions(path, images, split=split)
+        assert [item.image.name for item in result.items] == ["a.jpg", "b.jpg"] and not result.has_splits
+    assert load_captions(tmp_path / name, images).caption_count == (3 if name.endswith(".txt") else 2)
+
+
 def test_missing_images_are_counted_and_named(tmp_path: Path, images: Path):
     path = tmp_path / "captions.jsonl"
     path.write_text("\n".join(json.dumps({"image": name, "caption": "x"})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import IMAGE_COUNT
+from conftest import IMAGE_COUNT, RUN_AND_REPORT_TORCH
 from retrieval.cli import cli, main
 
 
@@ -51,6 +51,15 @@ def test_nothing_readable_exits_1(tmp_path: Path, tiny_model_path: Path) -> None
     (tmp_path / "a.jpg").write_bytes(b"nope")
     result = run("index", tmp_path, "--model", tiny_model_path)
     assert result.exit_code == 1 and "no image in" in result.output
+
+
+def test_a_folder_without_images_exits_1_naming_what_was_looked_for(tmp_path: Path, tiny_model_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    result = run("index", tmp_path, "--model", tiny_model_path)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (f"Error: no images found in {tmp_path} (looked for .jpg, .jpeg, .jpe, "
+                                              ".jfif, .png, .apng, .webp, .bmp, .dib, .gif, .tif, .tiff, and files "
+                                              "without a suffix)")
 
 
 def test_index_elsewhere_and_info(image_folder: Path, tiny_model_path: Path, tmp_path: Path,
@@ -139,11 +148,6 @@ def test_progress_bar_shows_files_images_and_eta(monkeypatch: pytest.MonkeyPatch
     assert silent.bar is None
 
 
-_RUN_AND_REPORT_TORCH = ("import sys; from retrieval.cli import main; sys.argv = ['vlsearch', *sys.argv[1:]]\n"
-                         "try:\n    main()\nexcept SystemExit as stop:\n    print('exit', stop.code)\n"
-                         "print('torch imported:', 'torch' in sys.modules)")
-
-
 def test_unchanged_reindex_never_imports_torch(image_folder: Path, tiny_model_path: Path, other_model_path: Path,
                                                tmp_path: Path) -> None:
     """Nothing to embed: the model's identity comes from the index (same file, size and mtime), so the
@@ -155,7 +159,7 @@ def test_unchanged_reindex_never_imports_torch(image_folder: Path, tiny_model_pa
     assert run("index", image_folder, "--model", model, "-q").exit_code == 0
 
     def index_in_a_new_process() -> list[str]:
-        done = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT_TORCH, "index", str(image_folder), "--model",
+        done = subprocess.run([sys.executable, "-c", RUN_AND_REPORT_TORCH, "index", str(image_folder), "--model",
                                str(model), "-q"], capture_output=True, text=True, timeout=120)
         return done.stdout.splitlines() + done.stderr.splitlines()
 

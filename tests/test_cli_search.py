@@ -5,17 +5,22 @@ The index is the shared one of trained_model.py: 60 images of 15 colour+shape cl
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+from conftest import RUN_AND_REPORT_TORCH
+from conftest import run_main as run_vlsearch
 from indexer.store import ModelMismatchError
 from retrieval.checkpoint import checkpoint_summary
 from retrieval.cli import cli, main
+from retrieval.device import score_tolerance
 from retrieval.errors import IndexStoreError, QueryError
 from retrieval.search import INDEX_ENV
 from trained_model import one_thread, shapes_index, trained_model_path  # noqa: F401
@@ -73,8 +78,9 @@ def test_json_document_schema(index: Path, folder: Path) -> None:
     result = search("there is a blue square", "--index", index, "-k", 5, "--json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert document.keys() == {"query", "image", "k", "results"}
+    assert document.keys() == {"query", "image", "k", "unknown_words", "meaningless", "results"}
     assert (document["query"], document["image"], document["k"]) == ("there is a blue square", None, 5)
+    assert (document["unknown_words"], document["meaningless"]) == ([], False)
     results = document["results"]
     assert [hit["rank"] for hit in results] == [1, 2, 3, 4, 5]
     for hit in results:
@@ -127,7 +133,7 @@ def test_image_query_returns_the_image_first(index: Path, folder: Path) -> None:
     document = json.loads(result.stdout)
     assert (document["query"], document["image"]) == (None, str(example))
     assert document["results"][0]["path"] == "more/jpeg/green_circle_01.jpg"
-    assert document["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert 1.0 - score_tolerance() <= document["results"][0]["score"] <= 1.0 + 1e-5  # unit vectors, any precision
 
 
 def test_sentence_and_image_together_is_a_usage_error(index: Path, folder: Path) -> None:
@@ -139,16 +145,61 @@ def test_sentence_and_image_together_is_a_usage_error(index: Path, folder: Path)
 # -- warnings and errors ------------------------------------------------------------------------------------
 
 
-def test_only_unknown_words_warn_and_still_return_results(index: Path) -> None:
-    result = search("zebra xylophone", "--index", index, "-k", 3, "--paths")
+def test_only_unknown_words_warn_that_the_results_are_meaningless_and_still_return_them(index: Path) -> None:
+    result = search("a zebra on a xylophone", "--index", index, "-k", 3, "--paths")
     assert result.exit_code == 0, result.output
-    assert result.stderr == "warning: none of the query words are known to the model: zebra xylophone\n"
+    assert result.stderr == ("warning: the model does not know: zebra, on, xylophone; it knows no word of this "
+                             "query, so the results are meaningless\n")
     assert len(result.stdout.splitlines()) == 3
+    document = json.loads(search("a zebra", "--index", index, "-k", 3, "--json").stdout)
+    assert (document["unknown_words"], document["meaningless"], len(document["results"])) == (["zebra"], True, 3)
 
 
-def test_some_known_words_do_not_warn(index: Path) -> None:
-    result = search("a red zebra", "--index", index, "-k", 3)
+def test_every_unknown_content_word_is_named(index: Path) -> None:
+    result = search("a red giraffe and a pizza, the giraffe", "--index", index, "-k", 3)
+    assert result.exit_code == 0 and result.stderr == "warning: the model does not know: giraffe, pizza\n"
+    document = json.loads(search("a red giraffe and a pizza", "--index", index, "--json").stdout)
+    assert (document["unknown_words"], document["meaningless"]) == (["giraffe", "pizza"], False)
+
+
+def test_known_words_do_not_warn(index: Path) -> None:
+    result = search("there is a red circle", "--index", index, "-k", 3)
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_a_missing_example_image_is_named_before_torch_is_imported(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", RUN_AND_REPORT_TORCH, "search", "--image", "nonexist.jpg"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.stderr.splitlines() == ["Error: no such file: nonexist.jpg"]
+    assert done.stdout.splitlines() == ["exit 2", "torch imported: False"]
+
+
+def test_no_index_anywhere_is_reported_before_torch_is_imported(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != INDEX_ENV}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", RUN_AND_REPORT_TORCH, "search", "a dog"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=env)
+    assert done.stdout.splitlines() == ["exit 1", "torch imported: False"]
+    assert done.stderr.startswith(f"Error: no index found in {tmp_path.resolve()}")
+    assert time.perf_counter() - started < 20  # a loose bound for a busy machine; without torch it is ~0.5 s
+
+
+def test_a_text_file_as_model_is_named_as_such(index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# vlsearch\n")
+    code, out, err = run_main(monkeypatch, capsys, "a red circle", "--index", index, "--model", readme)
+    assert (code, out, err) == (1, "", f"Error: {readme} is not a vlsearch model file\n")
+
+
+def test_an_empty_index_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                tiny_model_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, _ = run_vlsearch(monkeypatch, capsys, "index", tmp_path / "empty", "--model", tiny_model_path)
+    assert code == 1
+    code, out, err = run_main(monkeypatch, capsys, "a red circle", "--index", tmp_path / "empty")
+    assert (code, out) == (1, "")
+    assert err.startswith("Error: the index is empty") and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("query", ["", "   "])

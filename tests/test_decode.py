@@ -1,4 +1,4 @@
-"""indexer.decode: draft mode, EXIF orientation, every mode to RGB, first frame, bomb limit, bad files."""
+"""retrieval.decode: draft mode, EXIF orientation, every mode to RGB, first frame, bomb limit, bad files."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.decode import Decoder, DecodeError, load_rgb, probe
+from retrieval.decode import Decoder, DecodeError, load_rgb, probe
 from retrieval.transforms import normalize_uint8
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

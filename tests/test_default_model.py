@@ -11,8 +11,10 @@ from click.testing import CliRunner
 from retrieval.checkpoint import checkpoint_summary, default_model_path, load_model
 from retrieval.cli import cli
 from retrieval.evaluate import encode_items, encode_texts, evaluate_model
-from retrieval.scenes.corpus import export_corpus, load_records
+from retrieval.demo import example_queries, suggested_query
+from retrieval.scenes.corpus import export_corpus, load_records, load_scenes
 from retrieval.scenes.quality import attribute_swap_probe
+from retrieval.scenes.scene import satisfies
 
 FRESH_SEED = 777  # neither the training corpus (1) nor the demo (2026)
 
@@ -66,5 +68,13 @@ def test_demo_runs_end_to_end(tmp_path):
     found, possible = map(int, re.search(r"correct results: (\d+) of (\d+) possible", result.output).groups())
     # judged against the scene graphs; a model guessing at random would find about 1 of 17 here (it found 9)
     assert possible >= 10 and found >= possible / 4
+    # the suggested query comes from the folder's own scenes: at least one image answers it, and the line says how many
+    text, count = re.search(r'Try: vlsearch search "([^"]+)" --index \S+ \((\d+) images? in this folder match',
+                            result.output.splitlines()[-1]).groups()
+    scenes = load_scenes(tmp_path / "demo" / "images")
+    ordered = [scenes[name] for name in sorted(scenes)]
+    suggested, meaning = suggested_query(ordered, [query for query, _ in example_queries(ordered)])
+    assert suggested == text
+    assert int(count) == sum(satisfies(meaning, scene) for scene in scenes.values()) >= 1
     again = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--count", "200"])
     assert "unchanged 200" in again.output  # a second run re-embeds nothing

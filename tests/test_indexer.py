@@ -17,7 +17,7 @@ import torch
 
 from conftest import IMAGE_COUNT, make_image
 from indexer import layout, vectors
-from indexer.decode import Decoder
+from retrieval.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import IndexSummary, build_index, in_order, plan
 from indexer.scan import FileEntry
@@ -315,12 +315,17 @@ def test_in_order_keeps_input_order_and_starts_items_only_while_go_is_set() -> N
 
 
 @pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="file names there are always Unicode")
-def test_a_file_name_that_is_not_utf8_fails_without_stopping_the_run(image_folder: Path,
-                                                                     tiny_model: DualEncoder) -> None:
-    shutil.copy(image_folder / "img01.jpg", os.path.join(os.fsencode(image_folder), b"caf\xe9.jpg"))
-    summary = build_index(image_folder, model=tiny_model)
-    assert counts(summary) == (IMAGE_COUNT, 0, 0, 0, 0, 1)
-    assert summary.failures == [("caf\ufffd.jpg", "the file name is not valid UTF-8; rename the file to index it")]
-    assert counts(build_index(image_folder, model=tiny_model)) == (0, 0, 0, IMAGE_COUNT, 0, 1)
+def test_a_file_name_that_is_not_utf8_is_indexed_renamed_and_recorded_exactly(image_folder: Path,
+                                                                             tiny_model: DualEncoder) -> None:
+    raw = os.fsencode(image_folder)
+    shutil.copy(image_folder / "img01.jpg", os.path.join(raw, b"caf\xe9.jpg"))  # a copy: its vector is reused
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    os.rename(image_folder / "broken.jpg", os.path.join(raw, b"cass\xe9.jpg"))  # unreadable: an error
+    assert counts(build_index(image_folder, model=tiny_model)) == (IMAGE_COUNT, 0, 0, 0, 1, 1)
+    assert counts(build_index(image_folder, model=tiny_model)) == (0, 0, 0, IMAGE_COUNT + 1, 0, 1)  # not retried
+    os.rename(os.path.join(raw, b"caf\xe9.jpg"), os.path.join(raw, b"th\xe9.jpg"))  # a rename: no CNN
+    assert counts(build_index(image_folder, model=tiny_model)) == (0, 0, 1, IMAGE_COUNT, 1, 1)
     with Store.open(layout.db_path(image_folder / ".vlsearch"), readonly=True) as store:
-        assert [e["path"] for e in store.errors()] == ["caf\ufffd.jpg"]
+        paths = [os.fsencode(row["path"]) for row in store.rows(store.ids_matching().tolist())]
+        assert b"th\xe9.jpg" in paths and b"caf\xe9.jpg" not in paths
+        assert [os.fsencode(e["path"]) for e in store.errors()] == [b"cass\xe9.jpg"]

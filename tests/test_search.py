@@ -19,7 +19,8 @@ from indexer import layout
 from indexer.store import ModelMismatchError, Store
 from retrieval.checkpoint import checkpoint_summary
 from retrieval.errors import CheckpointError, IndexStoreError, QueryError
-from retrieval.search import INDEX_ENV, Hit, SearchEngine, find_index
+from retrieval.device import score_tolerance
+from retrieval.search import INDEX_ENV, Hit, QueryWords, SearchEngine, find_index
 from trained_model import CLASSES, captions_for, one_thread, shapes_index, trained_model_path  # noqa: F401
 
 K = 4  # images per class in the folder
@@ -181,7 +182,12 @@ def test_a_bad_filter_is_a_query_error_naming_it(engine: SearchEngine) -> None:
 def test_an_indexed_image_finds_itself_first(engine: SearchEngine, folder: Path, name: str) -> None:
     hits = engine.search_image(folder / name, k=3)
     assert hits[0].path == name
-    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert 1.0 - score_tolerance() <= hits[0].score <= 1.0 + 1e-5  # unit vectors in float32, any precision
+
+
+def test_a_missing_image_query_is_named(engine: SearchEngine, tmp_path: Path) -> None:
+    with pytest.raises(QueryError, match=f"^no such file: {tmp_path / 'nonexist.jpg'}$"):
+        engine.search_image(tmp_path / "nonexist.jpg")
 
 
 def test_an_image_query_takes_a_pil_image_and_filters(engine: SearchEngine, folder: Path) -> None:
@@ -236,8 +242,12 @@ def test_k_below_one_is_a_query_error(engine: SearchEngine) -> None:
 
 
 def test_unknown_words_are_listed_and_the_query_still_answers(engine: SearchEngine) -> None:
-    assert engine.unknown_words("a red zebra, on a xylophone!") == ["zebra", "on", "xylophone"]
+    assert engine.unknown_words("a red zebra, on a xylophone! the zebra") == ["zebra", "on", "xylophone"]
     assert engine.unknown_words("a red circle") == []
+    assert engine.query_words("a red zebra") == QueryWords(["zebra"], meaningless=False)
+    assert engine.query_words("the zebra of a xylophone") == QueryWords(["zebra", "xylophone"], meaningless=True)
+    assert engine.query_words("a red circle").warning() is None
+    assert engine.query_words("a red zebra").warning() == "the model does not know: zebra"
     assert len(engine.search("zebra xylophone", k=3)) == 3
 
 

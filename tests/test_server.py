@@ -21,6 +21,8 @@ from trained_model import shapes_index  # noqa: E402
 
 from indexer.pipeline import build_index  # noqa: E402
 from retrieval import server  # noqa: E402
+from retrieval.cli_serve import serve  # noqa: E402
+from retrieval.device import score_tolerance  # noqa: E402
 from retrieval.search import SearchEngine, results_document  # noqa: E402
 
 CLI_KEYS = {"rank", "id", "path", "abs_path", "score", "width", "height", "format", "size", "mtime_ns", "hash",
@@ -65,11 +67,19 @@ def test_text_search_returns_the_cli_document(client: TestClient, engine: Search
     response = client.get("/api/search", params={"q": "a red circle", "k": 5})
     assert response.status_code == 200
     document = response.json()
-    assert document == results_document("a red circle", None, 5, engine.search("a red circle", 5))
+    assert document == results_document("a red circle", None, 5, engine.search("a red circle", 5),
+                                        engine.query_words("a red circle"))
     assert [hit["rank"] for hit in document["results"]] == [1, 2, 3, 4, 5]
     assert all(set(hit) == CLI_KEYS for hit in document["results"])
     labels = [served[1][hit["path"]] for hit in document["results"]]
     assert labels[0][0] == "red" and ("red", "circle") in labels[:3]  # the tiny model knows colours best
+
+
+def test_unknown_words_are_named(client: TestClient) -> None:
+    document = client.get("/api/search", params={"q": "a red giraffe", "k": 3}).json()
+    assert (document["unknown_words"], document["meaningless"], len(document["results"])) == (["giraffe"], False, 3)
+    document = client.get("/api/search", params={"q": "the giraffe", "k": 3}).json()
+    assert (document["unknown_words"], document["meaningless"]) == (["giraffe"], True)
 
 
 def test_filters(client: TestClient) -> None:
@@ -102,7 +112,7 @@ def test_image_query_finds_the_same_image_first(client: TestClient, served) -> N
     document = response.json()
     assert (document["query"], document["image"], document["k"]) == (None, "example.png", 3)
     assert document["results"][0]["path"] == path
-    assert document["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert 1.0 - score_tolerance() <= document["results"][0]["score"] <= 1.0 + 1e-5
 
 
 def test_bad_uploads(client: TestClient, served) -> None:
@@ -273,17 +283,18 @@ def test_openapi_describes_the_api(client: TestClient) -> None:
     assert {"400", "413", "422"} <= set(post["responses"])
     schemas = spec["components"]["schemas"]
     assert set(schemas["Result"]["properties"]) == CLI_KEYS
-    assert set(schemas["SearchResults"]["properties"]) == {"query", "image", "k", "results"}
+    assert set(schemas["SearchResults"]["properties"]) == {"query", "image", "k", "unknown_words", "meaningless",
+                                                           "results"}
     assert "image/jpeg" in spec["paths"]["/api/thumbs/{image_id}"]["get"]["responses"]["200"]["content"]
 
 
 # -- the command -------------------------------------------------------------------------------------------
 
 def test_serve_help_and_defaults() -> None:
-    result = CliRunner().invoke(server.serve, ["--help"])
+    result = CliRunner().invoke(serve, ["--help"])
     assert result.exit_code == 0
     assert "127.0.0.1" in result.output and "8000" in result.output
-    assert {p.name: p.default for p in server.serve.params}["host"] == "127.0.0.1"
+    assert {p.name: p.default for p in serve.params}["host"] == "127.0.0.1"
 
 
 def test_the_cli_does_not_import_the_framework() -> None:

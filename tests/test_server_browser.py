@@ -142,3 +142,18 @@ def test_errors_are_shown(page: Any, site: Any) -> None:
     page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
     page.wait_for_selector("#status.error")
     assert "notes.txt: not a supported image" in page.inner_text("#status")
+
+
+def test_unknown_words_are_named_on_the_page(page: Any, site: Any) -> None:
+    url, _, _ = site
+    page.goto(url + "/")
+    page.fill("#q", "a green giraffe")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#words:not([hidden])")
+    assert page.inner_text("#words") == "The model does not know: giraffe."
+    page.fill("#q", "a giraffe")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.querySelector('#words').textContent.includes('meaningless')")
+    page.fill("#q", "a green triangle")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#words", state="hidden")

@@ -235,7 +235,9 @@ def test_nothing_readable_to_train_on(shapes: Path, tmp_path: Path):
 
 def test_empty_sets_are_refused(shapes: Path, tmp_path: Path):
     with pytest.raises(CaptionsError, match="at least one training image and one validation image"):
-        train(split_items(shapes, "train"), [], TINY, FAST, tmp_path / "model.pt")
+        train([], split_items(shapes, "val"), TINY, FAST, tmp_path / "model.pt")
+    with pytest.raises(CaptionsError, match="at least 2 images to hold one out for validation, not 0"):
+        train([], [], TINY, FAST, tmp_path / "model.pt")  # no validation set: one is held out of the training set
 
 
 def test_unknown_loss_is_refused_before_training(shapes: Path, tmp_path: Path):

@@ -20,7 +20,17 @@ async function fetchJSON(url, options) {
   return body;
 }
 
+// The library's warning about the query's words (vlsearch search prints the same on stderr).
+function showWords(doc) {
+  const unknown = doc.unknown_words || [];
+  let text = unknown.length ? `The model does not know: ${unknown.join(", ")}.` : "";
+  if (doc.meaningless) text += " It knows no word of this query, so these results are meaningless.";
+  $("words").textContent = text.trim();
+  $("words").hidden = !text;
+}
+
 function showResults(doc, started) {
+  showWords(doc);
   const grid = $("results");
   grid.replaceChildren(...doc.results.map((hit) => {
     const card = document.createElement("a");  // textContent only: paths are never parsed as HTML
