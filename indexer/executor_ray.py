@@ -14,6 +14,7 @@ run completes while any actor lives. Every Ray import of vlsearch is in this mod
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -167,7 +168,6 @@ class RayExecutor:
         require_ray()
         self.model, self.root, self.batch_size, self.precision = model, root, batch_size, precision
         self.options = options
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no C++ warnings on the terminal
         self._started = not ray.is_initialized()
         if self._started:
             try:
@@ -188,8 +188,10 @@ class RayExecutor:
         return max(1, int(resources.get("CPU", 1)))
 
     def _start(self, known_hashes: set[str]) -> list[Any]:
-        if self.model.loaded is not None:
-            blob: Any = self.model.loaded.cpu()
+        if self.model.loaded is not None:  # pickled; a copy on the CPU if it is on a GPU here
+            blob: Any = self.model.loaded
+            if any(p.is_cuda for p in blob.parameters()):
+                blob = copy.deepcopy(blob).cpu()
         else:
             blob = Path(self.model.path).read_bytes()
         model_ref, known_ref = ray.put(blob), ray.put(frozenset(known_hashes))
