@@ -52,13 +52,25 @@ class _ProgressBar:
               help="Model checkpoint  [default: the shipped default model]")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per CNN batch.")
 @click.option("--workers", type=click.IntRange(0), help="Decoding threads; 0 decodes in the main thread  "
-              "[default: CPU count, at most 8]")
+              "[default: CPU count, at most 8]. With --engine ray: Ray actors  [default: one per CPU, or per GPU "
+              "share with --gpus-per-worker, of the cluster]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--index-type", help=f"FAISS index: {INDEX_TYPES}  [default: as before, else auto]")
 @click.option("--rebuild", is_flag=True, help="Forget the index and embed every file again (e.g. for a new model).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; count unreadable files instead of listing them.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the CNN runs: this process, or actors of a Ray cluster (pip install \"vlsearch[ray]\"). "
+              "Ray workers read FOLDER at the same path, so it must be on storage every node can read (a shared "
+              "filesystem), unless --ship-bytes. This process alone writes the index.")
+@click.option("--ray-address", help="Ray cluster: auto (the one this machine belongs to) or HOST:PORT  "
+              "[default: $RAY_ADDRESS, else a new cluster on this machine]")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=0, show_default=True,
+              help="GPUs per Ray actor (0: CPU actors).")
+@click.option("--ship-bytes", is_flag=True, help="With --engine ray: read the files here and ship their bytes "
+              "to the workers, for nodes that cannot see FOLDER.")
 def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: int, workers: int | None,
-          device: str, index_type: str | None, rebuild: bool, quiet: bool) -> None:
+          device: str, index_type: str | None, rebuild: bool, quiet: bool, engine: str, ray_address: str | None,
+          gpus_per_worker: float, ship_bytes: bool) -> None:
     """Build or update the index of an image folder.
 
     Only new and changed files go through the model: renamed, moved or copied files reuse their
@@ -69,9 +81,11 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
       vlsearch index ~/Pictures                   # index in ~/Pictures/.vlsearch
       vlsearch index ~/Pictures --model my.pt --index /tmp/pictures-index
       vlsearch index ~/Pictures --rebuild         # embed everything again
+      vlsearch index /shared/photos --engine ray --ray-address auto
     """
     from PIL import Image
 
+    from indexer.executor import RayOptions
     from indexer.pipeline import build_index
     from retrieval.device import default_threads
 
@@ -81,7 +95,8 @@ def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             summary = build_index(folder, index_dir, model=model, batch_size=batch_size, workers=workers,
                                   device=device, index_type=index_type, rebuild=rebuild, threads=default_threads(),
-                                  progress=bar)
+                                  progress=bar, engine=engine,
+                                  ray=RayOptions(ray_address, workers, gpus_per_worker, ship_bytes))
     finally:
         bar.close()
     if quiet and summary.failures:

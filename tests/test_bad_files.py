@@ -20,7 +20,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import make_image
-from indexer import layout, pipeline, vectors
+from indexer import executor, layout, pipeline, vectors
 from indexer.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import IndexSummary, build_index
@@ -158,7 +158,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> It
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline, "scan", scan_then_delete)
         if os.geteuid() == 0:
-            patch.setattr(pipeline, "open", open_as_user, raising=False)
+            patch.setattr(executor, "open", open_as_user, raising=False)
         faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
         try:
             with pytest.warns(Image.DecompressionBombWarning):
