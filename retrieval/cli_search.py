@@ -23,9 +23,12 @@ from retrieval.errors import QueryError
 @click.option("--glob", "glob_pattern", help="Path pattern relative to the folder, e.g. 'holiday/*.jpg'.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to encode the query with (default: the one the index was built with).")
+@click.option("--rerank", type=click.IntRange(0, 10000),
+              help="Re-order FAISS's top N with the model's fusion head (default: 100 when the model has one "
+                   "and the index its region vectors; 0: off).")
 def search(query: str | None, index_dir: Path | None, k: int, image_path: Path | None, as_json: bool,
            paths_only: bool, min_score: float | None, where: str | None, glob_pattern: str | None,
-           model_path: Path | None) -> None:
+           model_path: Path | None, rerank: int | None) -> None:
     """Find the indexed images that best match QUERY.
 
     \b
@@ -51,7 +54,7 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
             unknown = engine.unknown_words(query)
             if words and len(unknown) == len(words):
                 click.echo(f"warning: none of the query words are known to the model: {' '.join(unknown)}", err=True)
-            hits = engine.search(query, k, min_score=min_score, where=where, glob=glob_pattern)
+            hits = engine.search(query, k, min_score=min_score, where=where, glob=glob_pattern, rerank=rerank)
     if as_json:
         document = results_document(query, str(image_path) if image_path else None, k, hits)
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
