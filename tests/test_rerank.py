@@ -158,3 +158,30 @@ def test_a_fusion_stage_needs_a_head_size(scenes: Path, models: tuple[Path, Path
     with pytest.raises(ConfigError, match="fusion-dim"):
         train_fusion(load_model(models[0]), split(scenes, "train", True)[:10], split(scenes, "val", False)[:5],
                      ModelConfig(), TrainConfig(epochs=1), tmp_path / "x.pt")
+
+
+def test_a_recipe_fusion_stage_adds_a_head_to_its_init_model(scenes: Path, models: tuple[Path, Path],
+                                                             tmp_path: Path) -> None:
+    from retrieval.config import DataConfig
+    from retrieval.recipe import Recipe, train_recipe
+
+    recipe = Recipe(data=DataConfig(captions=str(scenes / "captions.jsonl")), model=ModelConfig(fusion_dim=8),
+                    train=TrainConfig(fusion_stage=True, epochs=1, batch_size=64, lr=3e-3, fusion_negatives=3))
+    result = train_recipe(recipe, tmp_path / "staged.pt", init=models[0])
+    model = load_model(tmp_path / "staged.pt")
+    assert result.identity == model.identity == read_checkpoint(models[0])["identity"]
+    assert model.fusion is not None and model.config.fusion_dim == 8 and model.fusion_identity
+
+
+def test_eval_rerank_prints_both_stages(scenes: Path, models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import run_main
+
+    code, out, err = run_main(monkeypatch, capsys, "eval", "--model", models[1], "--captions",
+                              scenes / "captions.jsonl", "--rerank", 10)
+    assert code == 0, err
+    rows = {line.split()[0] + (" rerank" if "rerank" in line.split()[:2] else ""): line for line in out.splitlines()}
+    assert "t2i rerank" in rows and "t2i" in rows and "i2t" in rows
+    code, out, err = run_main(monkeypatch, capsys, "eval", "--model", models[0], "--captions",
+                              scenes / "captions.jsonl", "--rerank", 10)
+    assert code != 0 and "has no fusion head" in err
