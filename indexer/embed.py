@@ -29,6 +29,7 @@ class ModelHeader:
     identity: str
     dim: int
     image_size: int
+    fusion: str = ""  # identity of the model's fusion head: its region vectors are stored too ("" none)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "ModelHeader":
@@ -36,7 +37,8 @@ class ModelHeader:
         from retrieval.checkpoint import checkpoint_summary
 
         summary = checkpoint_summary(path)
-        return cls(summary["identity"], int(summary["config"]["embed_dim"]), int(summary["config"]["image_size"]))
+        return cls(summary["identity"], int(summary["config"]["embed_dim"]), int(summary["config"]["image_size"]),
+                   summary.get("fusion_identity", ""))
 
 
 class ImageEmbedder:
@@ -98,6 +100,11 @@ class ImageEmbedder:
 
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         """[B, 3, S, S] pixels, normalised or uint8 (normalised here) -> [B, D] float32, unit length."""
+        return self.with_regions(pixels)[0]
+
+    def with_regions(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """As :meth:`__call__`, plus the fusion head's region vectors as int8 codes [B, R, d] (None without
+        a head), from the same trunk pass."""
         import torch
 
         from retrieval.device import autocast, unit_vectors
@@ -109,5 +116,9 @@ class ImageEmbedder:
         with torch.inference_mode():
             batch = prepare_batch(pixels, self.device, model.config.input_mean, model.config.input_std)
             with autocast(self.device, self.dtype):
-                vectors = model.encode_image(batch)  # [B, D]
-            return unit_vectors(vectors).cpu().numpy()
+                vectors, regions = model.encode_image_regions(batch)  # [B, D], [B, R, d] or None
+            if regions is not None:
+                from retrieval.fusion import quantize_regions
+
+                regions = quantize_regions(unit_vectors(regions)).cpu().numpy()
+            return unit_vectors(vectors).cpu().numpy(), regions

@@ -49,6 +49,7 @@ class Prepared:
     error: str | None = None  # why the file cannot be indexed
     gone: bool = False  # vanished, or (no image suffix) not an image after all
     vector: np.ndarray | None = None  # float32 [D], unit length; None: reuse the stored vector of its hash
+    regions: np.ndarray | None = None  # int8 [R, d] fusion-head region codes with a new vector, if the model has a head
 
 
 @dataclass
@@ -125,7 +126,8 @@ def resolve_model(model: DualEncoder | str | os.PathLike | None, index_dir: Path
     if model is not None and not isinstance(model, (str, os.PathLike)):
         if model.image is None:
             raise ValueError("the model was loaded without its image branch (with_image=False)")
-        return ModelRef(ModelHeader(model.identity, model.config.embed_dim, model.config.image_size), loaded=model)
+        return ModelRef(ModelHeader(model.identity, model.config.embed_dim, model.config.image_size,
+                                    _fusion_identity(model)), loaded=model)
     path = Path(model) if model is not None else default_model_path()
     if model is None and not path.is_file():
         raise CheckpointError(f"no default model is installed yet (expected {path}); pass --model MODEL.pt")
@@ -139,6 +141,19 @@ def resolve_model(model: DualEncoder | str | os.PathLike | None, index_dir: Path
     return ModelRef(header, path, recorded_path=resolved, recorded_stat=stat)
 
 
+def _fusion_identity(model: DualEncoder) -> str:
+    """The identity of a loaded model's fusion head ("" without one), computed if it was never saved."""
+    if model.fusion is None:
+        return ""
+    if not model.fusion_identity:
+        from dataclasses import asdict
+
+        from retrieval.checkpoint import fusion_identity
+
+        model.fusion_identity = fusion_identity(asdict(model.config), model.state_dict())
+    return model.fusion_identity
+
+
 def _recorded_header(index_dir: Path, model_path: str, model_stat: str) -> ModelHeader | None:
     """The model's header as the index recorded it, if it recorded this very file (same size and mtime)."""
     if not layout.db_path(index_dir).is_file():
@@ -150,7 +165,7 @@ def _recorded_header(index_dir: Path, model_path: str, model_stat: str) -> Model
         return None  # opened for writing next, which reports what is wrong
     if meta.get("model_path") != model_path or meta.get("model_stat") != model_stat:
         return None
-    return ModelHeader(meta["model"], int(meta["dim"]), int(meta["image_size"]))
+    return ModelHeader(meta["model"], int(meta["dim"]), int(meta["image_size"]), meta.get("fusion") or "")
 
 
 @dataclass

@@ -92,11 +92,13 @@ class LocalExecutor:
         if self.embedder.device.type == "cpu":
             self.decoding.clear()
         try:
-            fresh = self.embedder(torch.stack([item.pixels for item in items]))  # uint8 [B, 3, S, S] -> [B, D]
+            # uint8 [B, 3, S, S] -> [B, D], and int8 [B, R, d] region codes when the model has a fusion head
+            fresh, regions = self.embedder.with_regions(torch.stack([item.pixels for item in items]))
         finally:
             self.decoding.set()
-        for item, vector in zip(items, fresh):
+        for n, (item, vector) in enumerate(zip(items, fresh)):
             item.vector, item.pixels = vector, None
+            item.regions = regions[n] if regions is not None else None
 
     def describe(self) -> str:
         return ""

@@ -113,8 +113,9 @@ def plan(entries: Iterable[FileEntry], indexed: dict[str, tuple[int, int, int, s
 class _Run:
     """The state of one indexing run: the open batch, the FAISS index in memory and the counts."""
 
-    def __init__(self, store: Store, dim: int, index_dir: Path, batch_size: int, todo: Plan):
+    def __init__(self, store: Store, dim: int, index_dir: Path, batch_size: int, todo: Plan, regions: bool = False):
         self.store, self.dim, self.index_dir, self.batch_size = store, dim, index_dir, batch_size
+        self.keep_regions = regions  # the model has a fusion head: store each new vector's region codes
         self._vector_index: Any = _UNLOADED  # loaded before the first change; None: rebuild at the end
         self.start_generation = store.generation
         self.summary = IndexSummary(index_dir=index_dir, unchanged=todo.unchanged, failed=len(todo.known_failures),
@@ -127,6 +128,7 @@ class _Run:
     def _clear(self) -> None:
         self.rows: list[Prepared] = []  # to insert or update; vector None: reuse the stored one of its hash
         self.fresh: dict[str, np.ndarray] = {}  # hash -> float32 [D], new vectors to store
+        self.fresh_regions: dict[str, bytes] = {}  # hash -> int8 [R, d] codes of the new vectors' images
         self.errors: list[ErrorRow] = []
         self.touched: list[tuple[int, int, int]] = []  # (id, size, mtime_ns): same bytes, new stat
         self.dropped: list[int] = []  # indexed files that cannot be read any more
@@ -152,6 +154,8 @@ class _Run:
                 item.vector = None  # the same bytes twice (a copy): one vector
             if item.vector is not None:
                 self.fresh[item.hash] = item.vector
+                if self.keep_regions and item.regions is not None:
+                    self.fresh_regions[item.hash] = np.ascontiguousarray(item.regions, dtype=np.int8).tobytes()
             self.rows.append(item)
         if len(self.fresh) >= self.batch_size or \
                 len(self.rows) + len(self.errors) + len(self.touched) >= ROWS_PER_COMMIT:
@@ -172,6 +176,7 @@ class _Run:
         by_hash.update(self.store.vectors_for_hashes({r.hash for r in self.rows} - by_hash.keys()))
         with self.store.write():
             self.store.put_vectors(self.fresh)
+            self.store.put_regions(self.fresh_regions)
             ids = self.store.put_images([ImageRow(r.job.entry.path, r.job.entry.size, r.job.entry.mtime_ns, r.hash,
                                                   r.info.width, r.info.height, r.info.format) for r in self.rows])
             self.store.touch_images(self.touched)
@@ -243,6 +248,10 @@ def _open_index(store: Store, model: ModelRef, folder: Path, index_dir: Path, re
     if rebuild:
         with store.write():
             store.reset()
+    if (meta.get("fusion") or "") != header.fusion:  # regions of another head (or none) mean nothing to this one
+        with store.write():
+            store.clear_regions()  # before the meta names the new head: a crash between leaves no stale regions
+        store.set_meta(fusion=header.fusion)
     if model_path is None and meta.get("model") == header.identity:
         # a model passed in loaded: keep the path recorded for it
         model_path, model_stat = meta.get("model_path"), meta.get("model_stat")
@@ -279,7 +288,7 @@ def build_index(folder: str | os.PathLike, index_dir: str | os.PathLike | None =
     with IndexLock(layout.lock_path(index_dir)), Store.open(layout.db_path(index_dir)) as store:
         option = _open_index(store, model_ref, folder, index_dir, rebuild, index_type)
         todo = plan(scan(folder, skip=[index_dir]), store.file_stats(), store.error_stats())
-        run = _Run(store, model_ref.header.dim, index_dir, batch_size, todo)
+        run = _Run(store, model_ref.header.dim, index_dir, batch_size, todo, bool(model_ref.header.fusion))
         if progress:
             progress(Progress(0, len(todo.work), 0, time.perf_counter() - started))
         if todo.work:  # an unchanged re-index starts no executor (and so never loads torch or Ray)

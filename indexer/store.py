@@ -5,6 +5,8 @@ Tables
              size, mtime_ns, hash (of the bytes), width, height, format, indexed_at
     vectors  hash -> float32 BLOB [D]: one row per distinct content, shared by duplicates, so the FAISS
              index can always be rebuilt from ``images JOIN vectors`` alone
+    regions  hash -> int8 BLOB [R, d]: the fusion head's region vectors of that content (re-ranking), for
+             models with a head; meta ``fusion`` names the head they came from (none: the table is empty)
     errors   path, message, time, size, mtime_ns: files that could not be read (retried once they change)
     meta     key -> JSON value: schema_version, model, model_path, dim, index_type, index_type_option,
              root, generation, created_at, updated_at
@@ -29,7 +31,7 @@ from sqlite_utils import Database
 
 from retrieval.errors import IndexStoreError, QueryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE images (
@@ -47,9 +49,10 @@ CREATE INDEX images_hash ON images (hash);
 CREATE TABLE vectors (hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
 CREATE TABLE errors (path TEXT PRIMARY KEY, message TEXT NOT NULL, time TEXT NOT NULL, size INTEGER,
                      mtime_ns INTEGER);
+CREATE TABLE regions (hash TEXT PRIMARY KEY, regions BLOB NOT NULL);
 """
 # MIGRATIONS[n] upgrades a schema of version n to n + 1; append one per schema change.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {1: "CREATE TABLE regions (hash TEXT PRIMARY KEY, regions BLOB NOT NULL)"}
 IMAGE_COLUMNS = ("id", "path", "size", "mtime_ns", "hash", "width", "height", "format", "indexed_at")
 _CHUNK = 500  # ids per IN (...) clause, under SQLite's variable limit
 FILTER_SECONDS = 10.0  # a search filter still running after this long is stopped (e.g. an endless recursive CTE)
@@ -332,6 +335,21 @@ class Store:
                 n += 1
         return out_ids[:n], out[:n]
 
+    def regions(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """id -> stored region blob (int8 [R, d]) of the images among ``ids`` that have one."""
+        found: dict[int, bytes] = {}
+        for chunk in _chunks([int(i) for i in ids]):
+            marks = ",".join("?" * len(chunk))
+            for row_id, blob in self.db.execute(
+                    f"SELECT images.id, regions.regions FROM images JOIN regions ON regions.hash = images.hash "
+                    f"WHERE images.id IN ({marks})", list(chunk)):
+                found[row_id] = blob
+        return found
+
+    def region_count(self) -> int:
+        """Images with stored region vectors."""
+        return self.db.execute("SELECT count(*) FROM images JOIN regions ON regions.hash = images.hash").fetchone()[0]
+
     def errors(self) -> list[dict[str, Any]]:
         """Files that could not be read: path, message, time."""
         return [{"path": _py_path(path), "message": message, "time": stamp}
@@ -391,6 +409,18 @@ class Store:
         self.db["vectors"].insert_all(({"hash": digest, "vector": _vector_blob(vector)}
                                        for digest, vector in vectors.items()), ignore=True)
 
+    def put_regions(self, regions: dict[str, bytes]) -> None:
+        """Store region blobs by content hash (an existing hash keeps its blob)."""
+        if not regions:
+            return
+        self._writing(vectors_change=False)
+        self.db.conn.executemany("INSERT OR IGNORE INTO regions (hash, regions) VALUES (?, ?)", list(regions.items()))
+
+    def clear_regions(self) -> None:
+        """Forget every region blob (they came from another fusion head)."""
+        self._writing(vectors_change=False)
+        self.db.conn.execute("DELETE FROM regions")
+
     def put_images(self, rows: Sequence[ImageRow]) -> list[int]:
         """Insert new rows and update known ones (by path, keeping their id); returns the ids in order."""
         if not rows:
@@ -437,12 +467,13 @@ class Store:
         """Delete vectors no image uses any more; returns how many (the FAISS index does not change)."""
         self._writing(vectors_change=False)
         cursor = self.db.conn.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM images)")
+        self.db.conn.execute("DELETE FROM regions WHERE hash NOT IN (SELECT hash FROM images)")
         return cursor.rowcount
 
     def reset(self) -> None:
         """Forget every image, vector and error (for a rebuild); meta stays."""
         self._writing()
-        for table in ("images", "vectors", "errors"):
+        for table in ("images", "vectors", "regions", "errors"):
             self.db.conn.execute(f"DELETE FROM {table}")
 
     def _delete_where_in(self, table: str, column: str, values: list[Any]) -> None:

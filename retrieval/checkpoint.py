@@ -22,11 +22,28 @@ from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
 
 FORMAT = "vlsearch-checkpoint"
+FUSION_PREFIX = "fusion"  # state-dict keys and config fields of the fusion head
 VERSION = 1
 
 
 def model_identity(config: dict[str, Any], vocab: list[str], state_dict: dict[str, torch.Tensor]) -> str:
-    """A content hash of config, vocabulary and weights: equal models have equal identities."""
+    """A content hash of config, vocabulary and weights: equal models have equal identities.
+
+    The fusion head is left out (see :func:`fusion_identity`): the vectors an index stores depend only on
+    the dual encoder, so adding or retraining a head keeps every index built with the model valid."""
+    config = {k: v for k, v in config.items() if not k.startswith(FUSION_PREFIX)}
+    return _digest(config, vocab, {k: v for k, v in state_dict.items() if not k.startswith(FUSION_PREFIX)})
+
+
+def fusion_identity(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
+    """A content hash of the fusion head ("" for a model without one): the region vectors depend on it."""
+    state = {k: v for k, v in state_dict.items() if k.startswith(FUSION_PREFIX)}
+    if not state:
+        return ""
+    return _digest({k: v for k, v in config.items() if k.startswith(FUSION_PREFIX)}, [], state)
+
+
+def _digest(config: dict[str, Any], vocab: list[str], state_dict: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256(json.dumps([config, vocab], sort_keys=True).encode())
     for key in sorted(state_dict):
         tensor = state_dict[key].detach().cpu().contiguous()
@@ -48,7 +65,15 @@ def save_checkpoint(model: DualEncoder, path: str | os.PathLike, metrics: dict[s
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     identity = model_identity(config, vocab, state)
     payload = {"format": FORMAT, "version": VERSION, "identity": identity, "config": config, "vocab": vocab,
-               "state_dict": state, "metrics": metrics or {}, "train_config": train_config or {}}
+               "state_dict": state, "metrics": metrics or {}, "train_config": train_config or {},
+               "fusion_identity": fusion_identity(config, state)}
+    write_payload(payload, path)
+    model.identity, model.fusion_identity = identity, payload["fusion_identity"]
+    return identity
+
+
+def write_payload(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a checkpoint payload atomically (temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -64,8 +89,6 @@ def save_checkpoint(model: DualEncoder, path: str | os.PathLike, metrics: dict[s
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    model.identity = identity
-    return identity
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -98,18 +121,20 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
     config = ModelConfig.from_dict(payload["config"])
     model = DualEncoder(config, Vocabulary(list(payload["vocab"])), with_image=with_image, pretrained=False)
     state = payload["state_dict"]
-    if not with_image:
-        state = {k: v for k, v in state.items() if not k.startswith("image.")}
+    if not with_image:  # neither the CNN nor the head's region side: they only serve indexing
+        state = {k: v for k, v in state.items() if not k.startswith(("image.", "fusion.regions."))}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0]})") from exc
     model.identity = str(payload["identity"])
+    model.fusion_identity = str(payload.get("fusion_identity", ""))
     return model.to(device).eval()
 
 
 def checkpoint_summary(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Config, identity, vocabulary size and stored metrics, without building the model."""
     payload = read_checkpoint(path if path is not None else default_model_path())
-    return {"identity": payload["identity"], "config": payload["config"], "vocab_size": len(payload["vocab"]),
+    return {"identity": payload["identity"], "fusion_identity": payload.get("fusion_identity", ""),
+            "config": payload["config"], "vocab_size": len(payload["vocab"]),
             "metrics": payload.get("metrics", {}), "train_config": payload.get("train_config", {})}

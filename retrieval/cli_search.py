@@ -24,9 +24,12 @@ from retrieval.errors import IndexStoreError, QueryError
 @click.option("--glob", "glob_pattern", help="Path pattern relative to the folder, e.g. 'holiday/*.jpg'.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to encode the query with (default: the one the index was built with).")
+@click.option("--rerank", type=click.IntRange(0, 10000),
+              help="Re-order FAISS's top N with the model's fusion head (default: 100 when the model has one "
+                   "and the index its region vectors; 0: off).")
 def search(query: str | None, index_dir: Path | None, k: int, image_path: Path | None, as_json: bool,
            paths_only: bool, min_score: float | None, where: str | None, glob_pattern: str | None,
-           model_path: Path | None) -> None:
+           model_path: Path | None, rerank: int | None) -> None:
     """Find the indexed images that best match QUERY.
 
     A warning names the query words the model does not know (they change nothing), and says so when it knows
@@ -61,7 +64,7 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
         if image_path is not None:
             hits = engine.search_image(image_path, k, min_score=min_score, where=where, glob=glob_pattern)
         else:
-            hits = engine.search(query, k, min_score=min_score, where=where, glob=glob_pattern)
+            hits = engine.search(query, k, min_score=min_score, where=where, glob=glob_pattern, rerank=rerank)
             words = engine.query_words(query)
             if words.warning():
                 click.echo(f"warning: {words.warning()}", err=True)

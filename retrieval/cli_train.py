@@ -85,6 +85,7 @@ class TrainProgress:
         self.bar: Any = None
 
     def __call__(self, event: Any) -> None:
+        from retrieval.fusion_train import FusionEpoch
         from retrieval.recipe import StageEvent
         from retrieval.train import EpochEvent
 
@@ -106,6 +107,10 @@ class TrainProgress:
                        f"images/s, val t2i R@1/5/10 {t2i.r1:.1f}/{t2i.r5:.1f}/{t2i.r10:.1f}, rsum "
                        f"{event.metrics.rsum:.1f}{' (best, saved)' if event.best else ''}"
                        f"{'  WARNING: embeddings collapsed' if event.collapsed else ''}", err=True)
+        elif isinstance(event, FusionEpoch):
+            click.echo(f"fusion epoch {event.epoch}: loss {event.loss:.4f}, {event.seconds:.0f} s, val t2i R@1 "
+                       f"{event.first:.1f} -> {event.reranked:.1f} re-ranked{' (best, saved)' if event.best else ''}",
+                       err=True)
         else:
             if self.bar is None:
                 from tqdm import tqdm
@@ -133,8 +138,11 @@ class TrainProgress:
               help="Average over this many image folds (5 = COCO-1K protocol).")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--rerank", type=click.IntRange(0, 10000), default=0, show_default=True,
+              help="Also report text->image recall after the model's fusion head re-orders each caption's top N "
+                   "(one fold, on the CPU).")
 def eval_command(model_path: Path | None, captions_path: Path, images_dir: Path | None, fmt: str, split: str,
-                 folds: int, device: str, as_json: bool) -> None:
+                 folds: int, device: str, as_json: bool, rerank: int) -> None:
     """Evaluate a model: text->image and image->text R@1/5/10, median/mean rank and rsum.
 
     \b
@@ -143,14 +151,28 @@ def eval_command(model_path: Path | None, captions_path: Path, images_dir: Path 
     """
     from retrieval.evaluate import evaluate_model
 
-    result, captions_set = evaluate_model(model_path, captions_path, images_dir, fmt=fmt, split=split, folds=folds,
-                                          device=device)
+    if rerank:
+        if folds > 1:
+            raise click.UsageError("--rerank measures the whole split: leave out --folds")
+        from retrieval.fusion_train import evaluate_reranked
+
+        result, reranked, captions_set = evaluate_reranked(model_path, captions_path, images_dir, fmt=fmt,
+                                                           split=split, depth=rerank)
+    else:
+        result, captions_set = evaluate_model(model_path, captions_path, images_dir, fmt=fmt, split=split,
+                                              folds=folds, device=device)
     _warn_missing(captions_set.missing, "evaluation")
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        document = result.to_dict()
+        if rerank:
+            document["rerank"] = {"depth": rerank, **reranked.to_dict()}
+        click.echo(json.dumps(document, indent=2))
         return
     click.echo(f"{result.images} images, {result.captions} captions")
-    click.echo(f"{'':6}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'medr':>7}{'meanr':>8}")
-    for name, recall in (("t2i", result.t2i), ("i2t", result.i2t)):
-        click.echo(f"{name:6}{recall.r1:7.1f}{recall.r5:7.1f}{recall.r10:7.1f}{recall.medr:7.0f}{recall.meanr:8.1f}")
-    click.echo(f"rsum {result.rsum:.1f}")
+    click.echo(f"{'':12}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'medr':>7}{'meanr':>8}")
+    rows = [("t2i", result.t2i), *([("t2i rerank", reranked.t2i)] if rerank else []), ("i2t", result.i2t)]
+    for name, recall in rows:
+        click.echo(f"{name:12}{recall.r1:7.1f}{recall.r5:7.1f}{recall.r10:7.1f}{recall.medr:7.0f}"
+                   f"{recall.meanr:8.1f}")
+    click.echo(f"rsum {result.rsum:.1f}" + (f" (with re-ranking of the top {rerank}: {reranked.rsum:.1f})"
+                                            if rerank else ""))

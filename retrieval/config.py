@@ -37,6 +37,13 @@ class ModelConfig:
     gru_layers: int = field(default=1, metadata={"help": "Stacked GRU layers.", "min": 1, "max": 16})
     bidirectional: bool = field(default=False, metadata={"help": "A bidirectional GRU."})
     freeze_backbone: bool = field(default=False, metadata={"help": "Train only the projections and the text branch."})
+    fusion_dim: int = field(default=0, metadata={
+        "help": "Size of the re-ranking fusion head's region and word vectors (0: no head); a --fusion-stage "
+                "trains it.", "min": 0, "max": 1024})
+    fusion_attention: float = field(default=9.0, metadata={
+        "help": "Fusion head: sharpness of each word's softmax attention over the image regions.", "min": 0})
+    fusion_pool: float = field(default=6.0, metadata={
+        "help": "Fusion head: LogSumExp sharpness pooling the words' relevances (0: their mean).", "min": 0})
     tf_padding: bool = field(default=False, metadata={
         "help": "Pad strided convolutions as TensorFlow's SAME does (0 before, 1 after at even sizes): for "
                 "weights converted from TensorFlow."})
@@ -96,6 +103,11 @@ class TrainConfig:
         "help": "With --freeze-backbone: compute image features once."})
     min_word_count: int = field(default=1, metadata={
         "help": "Vocabulary: words seen fewer times become unknown.", "min": 1})
+    fusion_stage: bool = field(default=False, metadata={
+        "help": "Train only the fusion head (the dual encoder frozen; needs --fusion-dim) on the dual encoder's "
+                "top-ranked wrong images and the captions' negatives."})
+    fusion_negatives: int = field(default=15, metadata={
+        "help": "Fusion stage: hard-negative images per caption.", "min": 1, "max": 1000})
     save_half: bool = field(default=False, metadata={
         "help": "Store the final model's weights as float16 (half the file; they load back as float32)."})
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from retrieval.config import ModelConfig
 from retrieval.errors import ConfigError
@@ -144,6 +144,11 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(images))
 
+    def with_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> (unit vectors [B, D], the trunk's map before pooling [B, C, h, w]): one trunk pass."""
+        trunk_map = self.trunk(images)
+        return self.project(self.pool(trunk_map).flatten(1)), trunk_map
+
 
 class TextEncoder(nn.Module):
     """Word embeddings -> GRU over packed sequences -> projection -> L2-normalised [B, D]."""
@@ -165,6 +170,21 @@ class TextEncoder(nn.Module):
         last = hidden[-dirs:].transpose(0, 1).reshape(tokens.shape[0], -1)  # [B, H * dirs]
         return F.normalize(self.proj(last), dim=-1)
 
+    def with_words(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, L], lengths [B] -> (the vector of :meth:`forward` [B, D], per-word states [B, L, H * dirs
+        + W]: the GRU's output at each word beside the word's embedding; zero past each length)."""
+        words = self.embed(tokens)  # [B, L, W]
+        packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        output, hidden = self.gru(packed)
+        states, _ = pad_packed_sequence(output, batch_first=True, total_length=tokens.shape[1])  # [B, L, H * dirs]
+        dirs = 2 if self.gru.bidirectional else 1
+        last = hidden[-dirs:].transpose(0, 1).reshape(tokens.shape[0], -1)
+        return F.normalize(self.proj(last), dim=-1), torch.cat([states, words], dim=-1)
+
+    @property
+    def state_dim(self) -> int:
+        return self.gru.hidden_size * (2 if self.gru.bidirectional else 1) + self.embed.embedding_dim
+
 
 def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id lists -> (tokens [B, Lmax] padded with 0, lengths [B])."""
@@ -184,7 +204,14 @@ class DualEncoder(nn.Module):
         self.vocab = vocab
         self.image = ImageEncoder(config, pretrained) if with_image else None
         self.text = TextEncoder(config, len(vocab))
+        self.fusion = None  # the re-ranking head (retrieval.fusion), when config.fusion_dim > 0
+        if config.fusion_dim:
+            from retrieval.fusion import FusionHead
+
+            channels = _trunk_channels(self.image.trunk) if self.image is not None else None
+            self.fusion = FusionHead(config, channels, self.text.state_dim)
         self.identity = ""  # content hash, set by the checkpoint loader
+        self.fusion_identity = ""  # content hash of the fusion head ("" without one)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] normalised pixels -> [B, D] unit vectors."""
@@ -195,6 +222,23 @@ class DualEncoder(nn.Module):
     def encode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens [B, L], lengths [B] -> [B, D] unit vectors."""
         return self.text(tokens, lengths)
+
+    def encode_image_regions(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, 3, S, S] -> (unit vectors [B, D], the fusion head's unit region vectors [B, R, d], or None
+        without a head)."""
+        if self.image is None:
+            raise RuntimeError("this model was loaded without its image branch")
+        if self.fusion is None:
+            return self.image(images), None
+        vectors, trunk_map = self.image.with_map(images)
+        return vectors, self.fusion.regions(trunk_map)
+
+    def encode_text_words(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, L], lengths [B] -> (unit vectors [B, D], the fusion head's unit word vectors [B, L, d])."""
+        if self.fusion is None:
+            raise RuntimeError("this model has no fusion head")
+        vectors, states = self.text.with_words(tokens, lengths)
+        return vectors, self.fusion.words(states)
 
     def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> padded token ids and lengths, on the model's device."""

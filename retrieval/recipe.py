@@ -156,6 +156,7 @@ def train_recipe(recipe: Recipe, out_path: str | Path, on_event: Event | None = 
     out_path = Path(out_path)
     stages = recipe.stage_configs()
     model = load_model(init) if init is not None else None
+    base = Path(init) if init is not None else None  # the checkpoint ``model`` came from
     kept: list[Path] = []
     for number, (data, model_config, train_config) in enumerate(stages, 1):
         train_items, val_items, missing, held_out = stage_data(data, model_config, train_config, out_path)
@@ -164,11 +165,14 @@ def train_recipe(recipe: Recipe, out_path: str | Path, on_event: Event | None = 
                                 len(val_items), *missing, held_out))
         last = number == len(stages)
         path = out_path if last else out_path.with_name(f"{out_path.stem}.stage{number}{out_path.suffix}")
-        result = train(train_items, val_items, model_config, train_config, path, on_event, model)
+        if train_config.fusion_stage:
+            result = _fusion_stage(model, base, train_items, val_items, model_config, train_config, path, on_event)
+        else:
+            result = train(train_items, val_items, model_config, train_config, path, on_event, model)
         if not last:
             kept.append(path)
-            model = load_model(path)
-    if train_config.save_half:
+            model, base = load_model(path), path
+    if train_config.save_half and not train_config.fusion_stage:  # a fusion stage keeps the stored precision
         stored = checkpoint_summary(out_path)
         identity = save_checkpoint(load_model(out_path), out_path, metrics=stored["metrics"],
                                    train_config=stored["train_config"], half=True)
@@ -176,6 +180,24 @@ def train_recipe(recipe: Recipe, out_path: str | Path, on_event: Event | None = 
     for path in kept:
         path.unlink(missing_ok=True)
     return result
+
+
+def _fusion_stage(model: Any, base: Path | None, train_items: list[ImageCaptions], val_items: list[ImageCaptions],
+                  model_config: ModelConfig, train_config: TrainConfig, path: Path, on_event: Event | None
+                  ) -> TrainResult:
+    """A stage that trains only the fusion head of the model so far (retrieval.fusion_train)."""
+    from retrieval.evaluate import EvalResult, Recall
+    from retrieval.fusion_train import train_fusion
+
+    if model is None:
+        raise ConfigError("a fusion stage trains a head on a trained model: give --init MODEL or an earlier stage")
+    best = train_fusion(model, train_items, val_items, model_config, train_config, path, base,
+                        on_event=on_event and (lambda event: on_event(event) if not isinstance(event, str) else None))
+    summary = checkpoint_summary(path)
+    stored = best["reranked"]
+    metrics = EvalResult(Recall(**stored["t2i"]), Recall(**stored["i2t"]), stored["rsum"], stored["images"],
+                         stored["captions"])
+    return TrainResult(path, summary["identity"], best["epoch"], metrics)
 
 
 def stage_data(data: DataConfig, model: ModelConfig, config: TrainConfig, out_path: Path

@@ -24,7 +24,7 @@ from indexer import layout, vectors
 from indexer.layout import INDEX_ENV, find_index  # noqa: F401  (part of this module's API)
 from indexer.store import Store
 from retrieval.checkpoint import default_model_path, load_model, read_checkpoint
-from retrieval.errors import CheckpointError, IndexStoreError, QueryError
+from retrieval.errors import CheckpointError, QueryError
 
 @dataclass(frozen=True)
 class Hit:
@@ -41,6 +41,8 @@ class Hit:
     mtime_ns: int
     hash: str
     indexed_at: str
+    stage: str = "first"  # which stage produced ``score``: "first" (FAISS) or "rerank" (the fusion head)
+    first_score: float | None = None  # with stage "rerank": the FAISS score it replaced
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,11 +200,24 @@ class SearchEngine:
     # -- searching ----------------------------------------------------------------------------------------
 
     def search(self, text: str, k: int = 10, *, min_score: float | None = None, where: str | None = None,
-               glob: str | None = None) -> list[Hit]:
-        """The ``k`` images most similar to a sentence (one with nothing visible in it is a :class:`QueryError`)."""
+               glob: str | None = None, rerank: int | None = None) -> list[Hit]:
+        """The ``k`` images most similar to a sentence (one with nothing visible in it is a :class:`QueryError`).
+
+        ``rerank``: how many of FAISS's nearest (after the filters; ``min_score`` applies to their FAISS
+        score) the model's fusion head re-orders (:mod:`retrieval.rerank`); None: 100 when the model has a
+        head and the index its regions, 0: off."""
+        from retrieval import rerank as second
+
         if not isinstance(text, str) or not any(ch.isprintable() and not ch.isspace() for ch in text):
             raise QueryError("the query is empty; describe the image you are looking for")
-        return self.search_vector(self.encode_text([text])[0], k, min_score=min_score, where=where, glob=glob)
+        vector = self.encode_text([text])[0]
+        with self._lock, self.store.snapshot():  # the regions of the same committed state as the hits
+            depth = second.rerank_depth(rerank, self._text_model, self.store.meta().get("fusion"))
+            hits = self.search_vector(vector, max(k, depth), min_score=min_score, where=where, glob=glob)
+            if not depth:
+                return hits[:k]
+            regions = self.store.regions([hit.id for hit in hits])
+            return second.rerank(self._text_model, text, hits, regions, k)
 
     def search_image(self, image: str | os.PathLike | bytes | Image.Image, k: int = 10, *,
                      min_score: float | None = None, where: str | None = None, glob: str | None = None) -> list[Hit]:

@@ -199,10 +199,13 @@ def create_app(engine: SearchEngine, *, max_upload: int = MAX_UPLOAD) -> FastAPI
 
     @app.get("/api/search", response_model=SearchResults, responses=ERRORS, tags=["search"])
     def search(q: str = Query(description="What the image shows, in words."), k: int = k_param,
-               min_score: float | None = min_score_param, glob: str | None = glob_param) -> Any:
+               min_score: float | None = min_score_param, glob: str | None = glob_param,
+               rerank: int | None = Query(None, ge=0, le=10000, description=(
+                   "Re-order FAISS's top N with the model's fusion head (default: 100 when the model has one "
+                   "and the index its region vectors; 0: off)."))) -> Any:
         """The `k` indexed images most similar to a sentence (`vlsearch search --json`)."""
         with shared.use() as engine:
-            hits = engine.search(q, k, min_score=min_score, glob=glob)
+            hits = engine.search(q, k, min_score=min_score, glob=glob, rerank=rerank)
             words = engine.query_words(q)
         return results_document(q, None, k, hits, words)
 

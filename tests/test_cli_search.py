@@ -26,7 +26,8 @@ from retrieval.search import INDEX_ENV
 from trained_model import one_thread, shapes_index, trained_model_path  # noqa: F401
 
 HIT_TYPES = {"rank": int, "id": int, "path": str, "abs_path": str, "score": float, "width": int, "height": int,
-             "format": str, "size": int, "mtime_ns": int, "hash": str, "indexed_at": str}
+             "format": str, "size": int, "mtime_ns": int, "hash": str, "indexed_at": str,
+             "stage": str, "first_score": (float, type(None))}  # first_score: with stage "rerank" only
 ENTRY = [sys.executable, "-c", "from retrieval.cli import main; main()"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")

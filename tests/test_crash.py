@@ -14,6 +14,10 @@ the real ``vlsearch`` executable. After every kill:
   that search rebuilds from SQLite;
 * a re-run completes, leaves no lock or temp file, and its search results equal those of a clean build of
   the same folder from scratch.
+
+The model here has a fusion head, so each run also stores region vectors (the re-ranker's, in SQLite beside
+the vectors): after a kill every stored region blob is whole and belongs to an indexed image, and a
+re-ranked search answers; after the re-run every image has its regions, equal to a clean build's.
 """
 from __future__ import annotations
 
@@ -33,13 +37,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image, run_main
+from conftest import CAPTIONS, TINY_CONFIG, make_image, run_main
 from indexer import layout, vectors
 from indexer.pipeline import build_index
 from indexer.store import Store
 from retrieval.device import score_tolerance
+from retrieval.checkpoint import load_model, save_checkpoint
+from retrieval.config import ModelConfig
 from retrieval.model import DualEncoder
 from retrieval.search import SearchEngine
+from retrieval.tokenizer import Vocabulary
+
+FUSION_DIM = 8
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and fork")
 
@@ -155,6 +164,24 @@ for line in sys.stdin:
 '''
 
 
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's model: conftest's tiny one plus a (random) fusion head, so that regions are stored too."""
+    import torch
+
+    torch.manual_seed(0)
+    model = DualEncoder(ModelConfig(**TINY_CONFIG, fusion_dim=FUSION_DIM), Vocabulary.build(CAPTIONS),
+                        pretrained=False)
+    path = tmp_path_factory.mktemp("models") / "fused.pt"
+    save_checkpoint(model, path)
+    return path
+
+
+@pytest.fixture
+def tiny_model(tiny_model_path: Path) -> DualEncoder:
+    return load_model(tiny_model_path)
+
+
 class Zygote:
     """A process that has imported the heavy modules once and forks one `vlsearch` run per request."""
 
@@ -203,9 +230,26 @@ def apply_state(folder: Path, state: dict[str, int], current: dict[str, int]) ->
 
 
 def results(index_dir: Path, model_path: Path) -> dict[tuple[str, str], float]:
-    """(query, path) -> score, for every image and every query."""
+    """(query, path) -> FAISS score, for every image and every query."""
     with SearchEngine.open(index_dir, model=model_path) as engine:
-        return {(query, hit.path): hit.score for query in QUERIES for hit in engine.search(query, k=1000)}
+        return {(query, hit.path): hit.score for query in QUERIES for hit in engine.search(query, k=1000, rerank=0)}
+
+
+def regions_by_path(index_dir: Path) -> dict[str, np.ndarray]:
+    """path -> stored region codes int8 [R, FUSION_DIM], of every image that has them."""
+    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+        ids = store.ids_matching()
+        paths = {row["id"]: row["path"] for row in store.rows(ids)}
+        return {paths[i]: np.frombuffer(blob, dtype=np.int8).reshape(-1, FUSION_DIM)
+                for i, blob in store.regions(ids).items()}
+
+
+def assert_same_regions(index_dir: Path, clean_dir: Path) -> None:
+    """Every image has its regions, equal to a clean build's (one int8 step apart at most: batch sizes differ)."""
+    actual, expected = regions_by_path(index_dir), regions_by_path(clean_dir)
+    assert sorted(actual) == sorted(expected)
+    for path, codes in expected.items():
+        assert np.abs(actual[path].astype(int) - codes.astype(int)).max() <= 1, path
 
 
 def assert_same_results(actual: dict, expected: dict) -> None:
@@ -230,8 +274,13 @@ def check_after_kill(index_dir: Path, model_path: Path) -> str:
         if saved is not None:  # a file that claims to be current must hold exactly SQLite's ids
             assert sorted(vectors.index_ids(saved).tolist()) == sqlite_ids
         assert sorted(vectors.index_ids(layout.open_vectors(index_dir, store)).tolist()) == sqlite_ids
+        blobs = store.regions(sqlite_ids)  # whatever a kill left: whole blobs of indexed images only
+        assert all(len(blob) % FUSION_DIM == 0 and len(blob) for blob in blobs.values())
+        fusion = store.meta().get("fusion")
+    assert fusion in (None, load_model(model_path, with_image=False).fusion_identity)
     with SearchEngine.open(index_dir, model=model_path) as engine:
         assert len(engine.search("a red circle", k=1000)) == len(sqlite_ids)
+        assert len(engine.search("a red circle", k=1000, rerank=1000)) == len(sqlite_ids)
     return "FAISS current" if saved is not None else "FAISS stale, rebuilt from SQLite"
 
 
@@ -316,6 +365,7 @@ def test_sigkill_at_any_moment_loses_nothing(tmp_path: Path, tiny_model_path: Pa
             build_index(folder, model=tiny_model, batch_size=4, workers=0)  # the re-run completes
             check_finished(index_dir)
             assert_same_results(results(index_dir, tiny_model_path), expected[name])
+            assert_same_regions(index_dir, tmp_path / f"clean-{name}")
     finally:
         zygote.close()
     assert kills >= 20 and points_killed == {point for point, _ in POINTS}

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from retrieval.errors import ConfigError
-from retrieval.scenes.captions import (OPPOSITE_WORDS, SIZE_WORDS, Caption, caption_scene, query_set,
+from retrieval.scenes.captions import (OPPOSITE_WORDS, SIZE_WORDS, Caption, query_set,
                                        swap_caption, swap_variants)
 from retrieval.scenes.corpus import (CAPTIONS_FILE, DEMO_SCENES_FILE, export_corpus, generate_folder,
                                      load_records, load_scenes, make_example, split_counts)

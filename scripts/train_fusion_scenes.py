@@ -1,0 +1,141 @@
+"""Train the scenes model's fusion head (re-ranker) and measure both stages on the test scenes.
+
+    python scripts/train_fusion_scenes.py --model data/default_model.pt --out data/default_model.pt
+    python scripts/train_fusion_scenes.py --model data/default_model.pt --eval-only
+
+The dual encoder is frozen (its stored tensors and identity stay as they are, so indexes built with it stay
+valid); only the head's weights and settings are added to the checkpoint. Scenes are the recipe's (seed 1,
+64 px): training scenes are the first ``--train`` of the dual encoder's own 20,000, validation the recipe's
+500 (examples 20,000-20,499), test its 1,000 (20,500-21,499) -- the split BENCHMARKS.md measures on. Only
+the examples used are rendered (``--corpus``). Prints and writes (``--report``) recall of both stages by
+re-rank depth, R@10 by scene kind, and the attribute-swap probe scored by the head, by kind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from retrieval.checkpoint import load_model  # noqa: E402
+from retrieval.config import ModelConfig, TrainConfig  # noqa: E402
+from retrieval.device import set_threads  # noqa: E402
+from retrieval.evaluate import t2i_ranks  # noqa: E402
+from retrieval.fusion_train import encode_maps, rerank_ranks, train_fusion, word_vectors  # noqa: E402
+from retrieval.scenes.captions import SWAP_KINDS  # noqa: E402
+from retrieval.scenes.corpus import SCENES_FILE, SceneRecord, _write_one, load_records, training_items  # noqa: E402
+from retrieval.scenes.quality import swap_pairs  # noqa: E402
+
+SEED, SIZE, VAL_START, TEST_START = 1, 64, 20000, 20500
+
+
+def export_examples(folder: Path, splits: dict[str, range]) -> Path:
+    """Render just these examples of the recipe's corpus (same content as the full corpus's)."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for split, indices in splits.items():
+        for index in indices:
+            image = folder / "images" / f"{index:06d}.png"
+            if image.is_file():
+                from retrieval.scenes.corpus import make_example
+
+                scene, captions = make_example(SEED, index)
+                records.append(SceneRecord(f"images/{index:06d}.png", scene, tuple(captions), split))
+            else:
+                records.append(_write_one((str(folder), "images", SEED, index, SIZE, split)))
+    (folder / SCENES_FILE).write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    return folder
+
+
+def measure(model, folder: Path, depths: list[int]) -> dict:
+    records = [r for r in load_records(folder).values() if r.split == "test"]
+    items = training_items(folder, records, False)
+    images, failed = encode_maps(model, items)
+    assert not failed
+    head = model.fusion.eval()
+    captions = [c for r in records for c in r.captions]
+    caption_image = np.repeat(np.arange(len(records)), [len(r.captions) for r in records])
+    vectors, words, lengths = word_vectors(model, [c.text for c in captions])
+    with torch.inference_mode():
+        regions = head.regions(images.maps.float())
+    similarity = (vectors @ images.vectors.T).numpy()
+    stages = {"first": t2i_ranks(similarity, caption_image)}
+    for depth in depths:
+        stages[f"rerank{depth}"] = rerank_ranks(head, similarity, caption_image, words, lengths, regions, depth)
+    counts = np.array([len(r.scene.objects) for r in records])
+    kinds = np.array([f"{counts[i]} objects, {len(c.meaning.mentions)} named" for c, i in zip(captions, caption_image)])
+    report: dict = {"captions": len(captions), "images": len(records), "recall": {}, "by_kind_r10": defaultdict(dict)}
+    for name, ranks in stages.items():
+        report["recall"][name] = {f"r{k}": float(100 * np.mean(ranks < k)) for k in (1, 5, 10)}
+        for kind in sorted(set(kinds)):
+            report["by_kind_r10"][kind][name] = float(100 * np.mean(ranks[kinds == kind] < 10))
+    report["by_kind_r10"] = dict(report["by_kind_r10"])
+    probe = {}
+    for kind in (*SWAP_KINDS, None):
+        pairs = swap_pairs(records, 0, (kind,) if kind else SWAP_KINDS)
+        index = torch.tensor([p[0] for p in pairs])
+        true_v, true_w, true_l = word_vectors(model, [p[1] for p in pairs])
+        false_v, false_w, false_l = word_vectors(model, [p[2] for p in pairs])
+        with torch.inference_mode():
+            img = images.vectors[index]
+            g_true, g_false = (true_v * img).sum(-1), (false_v * img).sum(-1)
+            f_true = head.score(true_w, true_l, regions[index], g_true)
+            f_false = head.score(false_w, false_l, regions[index], g_false)
+        probe[kind or "all"] = {"pairs": len(pairs), "first": float(100 * (g_true > g_false).float().mean()),
+                                "fusion": float(100 * (f_true > f_false).float().mean())}
+    report["swap_probe"] = probe
+    report["mix"] = float(head.mix)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "data" / "default_model.pt")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fusion" / "model.pt")
+    parser.add_argument("--corpus", type=Path, default=ROOT / "runs" / "fusion-scenes")
+    parser.add_argument("--train", type=int, default=8000, help="training scenes (the first N of the recipe's)")
+    parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--negatives", type=int, default=15)
+    parser.add_argument("--depths", default="20,100,300")
+    parser.add_argument("--eval-only", action="store_true", help="measure --model (which has a head)")
+    parser.add_argument("--report", type=Path, default=None, help="write the measurements here as JSON")
+    args = parser.parse_args()
+    set_threads()
+    started = time.perf_counter()
+    export_examples(args.corpus, {"train": range(args.train), "val": range(VAL_START, VAL_START + args.val),
+                                  "test": range(TEST_START, TEST_START + 1000)})
+    print(f"corpus ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    model_path = args.model
+    if not args.eval_only:
+        records = list(load_records(args.corpus).values())
+        train_items = training_items(args.corpus, [r for r in records if r.split == "train"], True)
+        val_items = training_items(args.corpus, [r for r in records if r.split == "val"], False)
+        config = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, fusion_negatives=args.negatives,
+                             save_half=True)
+        best = train_fusion(load_model(args.model), train_items, val_items, ModelConfig(fusion_dim=args.dim),
+                            config, args.out, base=args.model, on_event=lambda e: print(e, file=sys.stderr))
+        print(f"best {best['epoch']}, trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        model_path = args.out
+    model = load_model(model_path)
+    report = measure(model, args.corpus, [int(d) for d in args.depths.split(",")])
+    report["model"], report["fusion"] = model.identity, model.fusion_identity
+    report["seconds"] = round(time.perf_counter() - started)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.report:
+        args.report.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Two-stage search: the fusion head (retrieval.fusion), its training, and re-ranking in SearchEngine.
+
+A tiny dual encoder is trained on generated scenes *without* hard-negative captions (so it binds attributes
+poorly), then a fusion head on top of it with the captions' swaps as negatives; the head must prefer true
+captions over their swaps more often than the dual encoder on held-out scenes. Searches with a head:
+re-ranked results are a permutation of the first stage's top N, filters still hold, and an index built
+without a head answers from the first stage.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from indexer.pipeline import build_index
+from retrieval.checkpoint import checkpoint_summary, load_model, read_checkpoint
+from retrieval.config import ModelConfig, TrainConfig
+from retrieval.errors import ConfigError, QueryError
+from retrieval.fusion import dequantize_regions, quantize_regions
+from retrieval.fusion_train import fusion_recall, train_fusion, word_vectors
+from retrieval.scenes.corpus import export_corpus, load_records, training_items
+from retrieval.scenes.quality import swap_pairs
+from retrieval.search import SearchEngine
+from retrieval.train import train
+
+pytestmark = pytest.mark.usefixtures("one_training_thread")
+SIZE = 48  # 3x3 regions at the end of layer3
+MODEL = ModelConfig(backbone="resnet18", image_size=SIZE, pool="grid2", drop_stages=1, embed_dim=32, word_dim=24,
+                    hidden_size=32)
+FUSED = ModelConfig(fusion_dim=16)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("scenes")
+    export_corpus(folder, 700, seed=3, image_size=SIZE, splits=(500, 50, 150))
+    return folder
+
+
+def split(folder: Path, name: str, negatives: bool) -> list:
+    records = [r for r in load_records(folder).values() if r.split == name]
+    return training_items(folder, records, negatives)
+
+
+@pytest.fixture(scope="module")
+def models(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the dual encoder, the same file plus a trained fusion head)."""
+    out = tmp_path_factory.mktemp("fusion")
+    config = TrainConfig(epochs=4, batch_size=50, lr=2e-3, augment=False, warmup_epochs=0.5, workers=0,
+                         device="cpu", precision="fp32", seed=0, captions_per_image=2)
+    train(split(scenes, "train", False), split(scenes, "val", False), MODEL, config, out / "dual.pt")
+    head_config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=0, fusion_negatives=7)
+    train_fusion(load_model(out / "dual.pt"), split(scenes, "train", True), split(scenes, "val", False), FUSED,
+                 head_config, out / "fused.pt", base=out / "dual.pt")
+    return out / "dual.pt", out / "fused.pt"
+
+
+def test_the_head_binds_attributes_better_than_the_dual_encoder(scenes: Path, models: tuple[Path, Path]) -> None:
+    model = load_model(models[1])
+    records = [r for r in load_records(scenes).values() if r.split == "test"]
+    pairs = swap_pairs(records)
+    items = training_items(scenes, records, False)
+    from retrieval.fusion_train import encode_maps
+
+    images, _ = encode_maps(model, items)
+    index = torch.tensor([p[0] for p in pairs])
+    true_v, true_w, true_l = word_vectors(model, [p[1] for p in pairs])
+    false_v, false_w, false_l = word_vectors(model, [p[2] for p in pairs])
+    with torch.inference_mode():
+        regions = model.fusion.regions(images.maps.float())[index]
+        first_true, first_false = (true_v * images.vectors[index]).sum(-1), (false_v * images.vectors[index]).sum(-1)
+        fused_true = model.fusion.score(true_w, true_l, regions, first_true)
+        fused_false = model.fusion.score(false_w, false_l, regions, first_false)
+    dual = float((first_true > first_false).float().mean())
+    fused = float((fused_true > fused_false).float().mean())
+    assert len(pairs) > 300
+    assert fused > dual + 0.03, (dual, fused)
+    assert torch.all(fused_true.abs() <= 1 + 1e-5)  # a score lives on the cosine scale
+
+
+def test_the_head_ships_in_the_checkpoint_and_leaves_the_dual_encoder_as_stored(models: tuple[Path, Path]) -> None:
+    dual, fused = read_checkpoint(models[0]), read_checkpoint(models[1])
+    assert fused["identity"] == dual["identity"] and fused["fusion_identity"]
+    for key, tensor in dual["state_dict"].items():
+        assert torch.equal(fused["state_dict"][key], tensor), key
+    assert any(key.startswith("fusion.") for key in fused["state_dict"])
+    assert load_model(models[0]).fusion is None  # a model without a head loads as before
+    text_only = load_model(models[1], with_image=False)
+    assert text_only.fusion is not None and text_only.fusion.regions is None
+    assert checkpoint_summary(models[1])["config"]["fusion_dim"] == FUSED.fusion_dim
+
+
+def test_rerank_recall_reports_both_stages(scenes: Path, models: tuple[Path, Path]) -> None:
+    first, second = fusion_recall(load_model(models[1]), split(scenes, "test", False), depth=10)
+    assert first.captions == second.captions == 750
+    assert second.t2i.r10 == pytest.approx(first.t2i.r10)  # re-ordering the top 10 keeps the top 10's set
+    assert second.i2t == first.i2t
+
+
+def test_quantized_regions_keep_their_direction() -> None:
+    regions = torch.nn.functional.normalize(torch.randn(5, 9, 64), dim=-1)
+    codes = quantize_regions(regions)
+    assert codes.dtype == torch.int8 and codes.numel() == 5 * 9 * 64
+    assert ((dequantize_regions(codes) * regions).sum(-1) > 0.999).all()
+
+
+@pytest.fixture(scope="module")
+def indexed(scenes: Path, models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    index = tmp_path_factory.mktemp("index") / "idx"
+    summary = build_index(scenes / "images", index, model=models[1], workers=0, batch_size=64)
+    assert summary.added == 700
+    return index
+
+
+def test_rerank_is_a_permutation_of_the_first_stage_top_n(indexed: Path, models: tuple[Path, Path]) -> None:
+    with SearchEngine.open(indexed, model=models[1]) as engine:
+        assert engine.store.region_count() == 700
+        query = "a red circle left of a blue square"
+        first = engine.search(query, k=30, rerank=0)
+        second = engine.search(query, k=30, rerank=30)
+        default = engine.search(query, k=5)
+        assert [h.stage for h in first] == ["first"] * 30 and all(h.first_score is None for h in first)
+        assert sorted(h.id for h in second) == sorted(h.id for h in first)
+        assert all(h.stage == "rerank" for h in second)
+        assert {h.id: h.first_score for h in second} == pytest.approx({h.id: h.score for h in first})
+        assert [h.score for h in second] == sorted((h.score for h in second), reverse=True)
+        assert [h.id for h in second] != [h.id for h in first]  # it did re-order
+        assert default[0].stage == "rerank"  # on by default when the model has a head
+        top = engine.search(query, k=5, rerank=30)
+        assert [h.id for h in top] == [h.id for h in second[:5]]
+        with pytest.raises(QueryError):
+            engine.search(query, rerank=-1)
+
+
+@pytest.mark.parametrize("where,glob", [("id % 3 = 0", None), (None, "*1.png"), ("id < 200", "*0*")])
+def test_rerank_keeps_the_filters(indexed: Path, models: tuple[Path, Path], where: str | None,
+                                  glob: str | None) -> None:
+    with SearchEngine.open(indexed, model=models[1]) as engine:
+        allowed = set(engine.store.ids_matching(where, glob).tolist())
+        hits = engine.search("a large green star", k=20, where=where, glob=glob, rerank=50)
+        first = engine.search("a large green star", k=50, where=where, glob=glob, rerank=0)
+        assert hits and {h.id for h in hits} <= allowed
+        assert {h.id for h in hits} <= {h.id for h in first}
+
+
+def test_an_index_without_regions_answers_from_the_first_stage(scenes: Path, models: tuple[Path, Path],
+                                                               tmp_path: Path) -> None:
+    build_index(scenes / "images", tmp_path / "plain", model=models[0], workers=0, batch_size=64)
+    with SearchEngine.open(tmp_path / "plain", model=models[1]) as engine:  # same identity: the index accepts it
+        assert engine.store.region_count() == 0
+        hits = engine.search("a red circle", k=5)
+        assert [h.stage for h in hits] == ["first"] * 5
+        assert [h.stage for h in engine.search("a red circle", k=5, rerank=20)] == ["first"] * 5
+
+
+def test_a_fusion_stage_needs_a_head_size(scenes: Path, models: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fusion-dim"):
+        train_fusion(load_model(models[0]), split(scenes, "train", True)[:10], split(scenes, "val", False)[:5],
+                     ModelConfig(), TrainConfig(epochs=1), tmp_path / "x.pt")
+
+
+def test_a_recipe_fusion_stage_adds_a_head_to_its_init_model(scenes: Path, models: tuple[Path, Path],
+                                                             tmp_path: Path) -> None:
+    from retrieval.config import DataConfig
+    from retrieval.recipe import Recipe, train_recipe
+
+    recipe = Recipe(data=DataConfig(captions=str(scenes / "captions.jsonl")), model=ModelConfig(fusion_dim=8),
+                    train=TrainConfig(fusion_stage=True, epochs=1, batch_size=64, lr=3e-3, fusion_negatives=3))
+    result = train_recipe(recipe, tmp_path / "staged.pt", init=models[0])
+    model = load_model(tmp_path / "staged.pt")
+    assert result.identity == model.identity == read_checkpoint(models[0])["identity"]
+    assert model.fusion is not None and model.config.fusion_dim == 8 and model.fusion_identity
+
+
+def test_eval_rerank_prints_both_stages(scenes: Path, models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import run_main
+
+    code, out, err = run_main(monkeypatch, capsys, "eval", "--model", models[1], "--captions",
+                              scenes / "captions.jsonl", "--rerank", 10)
+    assert code == 0, err
+    rows = {line.split()[0] + (" rerank" if "rerank" in line.split()[:2] else ""): line for line in out.splitlines()}
+    assert "t2i rerank" in rows and "t2i" in rows and "i2t" in rows
+    code, out, err = run_main(monkeypatch, capsys, "eval", "--model", models[0], "--captions",
+                              scenes / "captions.jsonl", "--rerank", 10)
+    assert code != 0 and "has no fusion head" in err
