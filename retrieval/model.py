@@ -100,6 +100,7 @@ class ImageEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(POOL_GRID[config.pool])
         self.feature_dim = _trunk_channels(self.trunk) * POOL_GRID[config.pool] ** 2
         self.proj = nn.Linear(self.feature_dim, config.embed_dim)
+        self.dropout = config.dropout
         if config.freeze_backbone:
             self.trunk.requires_grad_(False)
 
@@ -107,9 +108,20 @@ class ImageEncoder(nn.Module):
         """[B, 3, H, W] -> pooled trunk features [B, F] (what a feature cache stores)."""
         return self.pool(self.trunk(images)).flatten(1)
 
+    def split_trunk(self, tail_stages: int) -> tuple[nn.Module, nn.Module]:
+        """(head, tail): the trunk less its last ``tail_stages`` stages, and those stages (the tail may be empty)."""
+        if not 0 <= tail_stages < len(self.trunk):
+            raise ConfigError(f"the trunk has {len(self.trunk)} stages; cannot train the last {tail_stages} alone")
+        cut = len(self.trunk) - tail_stages
+        return self.trunk[:cut], self.trunk[cut:]
+
+    def tail_features(self, maps: torch.Tensor, tail_stages: int) -> torch.Tensor:
+        """Feature maps after the trunk's head [B, C, h, w] -> pooled features [B, F] (the tail runs on them)."""
+        return self.pool(self.split_trunk(tail_stages)[1](maps)).flatten(1)
+
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """[B, F] -> [B, D], unit length."""
-        return F.normalize(self.proj(features.float()), dim=-1)
+        return F.normalize(self.proj(F.dropout(features.float(), self.dropout, self.training)), dim=-1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(images))
@@ -125,10 +137,11 @@ class TextEncoder(nn.Module):
                           batch_first=True, bidirectional=config.bidirectional)
         directions = 2 if config.bidirectional else 1
         self.proj = nn.Linear(config.hidden_size * directions, config.embed_dim)
+        self.dropout = config.dropout
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] (padded with 0), lengths [B] -> [B, D]."""
-        words = self.embed(tokens)  # [B, L, W]
+        words = F.dropout(self.embed(tokens), self.dropout, self.training)  # [B, L, W]
         packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, hidden = self.gru(packed)  # [layers * dirs, B, H]
         dirs = 2 if self.gru.bidirectional else 1
