@@ -149,19 +149,21 @@ class Decoder:
     waiting for their batch take a quarter of the memory.
     """
 
-    def __init__(self, image_size: int, max_pixels: int | None = None, normalise: bool = True):
+    def __init__(self, image_size: int, max_pixels: int | None = None, normalise: bool = True,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.normalise = normalise
+        self.mean, self.std = mean, std  # the model's input normalisation (None: ImageNet's)
 
     # built at the first image: the transforms import torch and torchvision, seconds that a run with nothing
     # to decode skips
     @cached_property
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL RGB image -> normalised float [3, S, S]."""
-        from retrieval.transforms import eval_transform
+        from retrieval.transforms import MEAN, STD, eval_transform
 
-        return eval_transform(self.image_size)
+        return eval_transform(self.image_size, self.mean or MEAN, self.std or STD)
 
     @cached_property
     def _to_pixels(self) -> Callable[[Image.Image], torch.Tensor]:

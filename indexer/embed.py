@@ -110,7 +110,7 @@ class ImageEmbedder:
         with torch.inference_mode(), autocast(self.device, self.dtype):
             batch = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             if batch.dtype == torch.uint8:  # a quarter of the bytes to move; the arithmetic keeps channels_last
-                batch = normalize_uint8(batch)
+                batch = normalize_uint8(batch, model.config.input_mean, model.config.input_std)
             vectors = model.encode_image(batch)  # [B, D]
         vectors = F.normalize(vectors.float(), dim=-1)  # bf16 outputs are re-normalised in fp32
         return vectors.cpu().numpy()

@@ -30,10 +30,22 @@ class ModelConfig:
     gru_layers: int = 1
     bidirectional: bool = False
     freeze_backbone: bool = False
+    # pad strided convolutions as TensorFlow's "SAME" does (the odd pixel after: 0 before, 1 after at even
+    # sizes) instead of torchvision's symmetric padding; for weights converted from TensorFlow
+    tf_padding: bool = False
+    # pixel normalisation the trunk's weights expect, (x / 255 - mean) / std per RGB channel; ImageNet's for
+    # torchvision weights, (0.5, 0.5, 0.5) / (0.5, 0.5, 0.5) (x / 127.5 - 1) for TensorFlow's MobileNets
+    input_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    input_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # dropout on the pooled image features and on the word embeddings while training (the frozen-trunk photo
     # model overfits Flickr8k's 6,000 images within a few epochs without it)
     dropout: float = field(default=0.0, metadata={"help": "Dropout on pooled image features and word embeddings "
                                                            "while training (0 = none)."})
+
+    def __post_init__(self) -> None:
+        # a config read back from JSON holds lists: tuples keep configs comparable and hashable
+        self.input_mean = tuple(float(v) for v in self.input_mean)  # type: ignore[assignment]
+        self.input_std = tuple(float(v) for v in self.input_std)  # type: ignore[assignment]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":

@@ -139,7 +139,8 @@ def encode_items(model: Any, items: Sequence[Any], device: Any = "cpu") -> Encod
     pixels, items = pixels[keep], [items[i] for i in keep]
 
     def embed_images(indices: range) -> torch.Tensor:
-        batch = normalize_uint8(pixels[indices.start:indices.stop].to(device))
+        batch = normalize_uint8(pixels[indices.start:indices.stop].to(device), model.config.input_mean,
+                                model.config.input_std)
         if device.type == "cpu":
             batch = batch.contiguous(memory_format=torch.channels_last)
         return model.encode_image(batch)

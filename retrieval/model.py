@@ -4,6 +4,7 @@ The model only *encodes*; :mod:`retrieval.loss` turns encodings into a training 
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -88,6 +89,33 @@ def _trunk_channels(trunk: nn.Module) -> int:
     raise ConfigError(f"cannot tell how many channels {trunk.__class__.__name__} produces")
 
 
+class TFSameConv2d(nn.Conv2d):
+    """A Conv2d padded as TensorFlow's "SAME": the total padding is split with the odd pixel after (bottom,
+    right), where torchvision pads symmetrically; on a stride-2 3x3 convolution of an even-sized input that is
+    0 before and 1 after instead of 1 and 1. Same parameters and state-dict keys as a Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []  # F.pad order: (left, right, top, bottom)
+        for size, kernel, stride, dilation in reversed(list(zip(x.shape[-2:], self.kernel_size, self.stride,
+                                                                self.dilation))):
+            total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return self._conv_forward(F.pad(x, pads), self.weight, self.bias)
+
+
+def use_tf_padding(module: nn.Module) -> None:
+    """Replace, in place, every strided Conv2d under ``module`` by a :class:`TFSameConv2d` sharing its
+    parameters (stride-1 convolutions with odd kernels pad the same way in both frameworks)."""
+    for name, child in module.named_children():
+        if type(child) is nn.Conv2d and max(child.stride) > 1:
+            same = TFSameConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, 0,
+                                child.dilation, child.groups, child.bias is not None, device=child.weight.device)
+            same.weight, same.bias = child.weight, child.bias
+            setattr(module, name, same)
+        else:
+            use_tf_padding(child)
+
+
 class ImageEncoder(nn.Module):
     """CNN trunk -> pooled features -> linear projection -> L2-normalised [B, D]."""
 
@@ -97,6 +125,8 @@ class ImageEncoder(nn.Module):
             raise ConfigError(f"unknown pool {config.pool!r}: use avg or grid2")
         weights = config.weights if pretrained else "none"
         self.trunk = _feature_trunk(_torchvision_model(config.backbone, weights), config.drop_stages)
+        if config.tf_padding:
+            use_tf_padding(self.trunk)
         self.pool = nn.AdaptiveAvgPool2d(POOL_GRID[config.pool])
         self.feature_dim = _trunk_channels(self.trunk) * POOL_GRID[config.pool] ** 2
         self.proj = nn.Linear(self.feature_dim, config.embed_dim)

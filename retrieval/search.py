@@ -172,7 +172,7 @@ class SearchEngine:
             if self._image_model is None:
                 self._image_model = load_model(self.model_path, device=self.device)
             model = self._image_model
-            decoder = Decoder(model.config.image_size)
+            decoder = Decoder(model.config.image_size, mean=model.config.input_mean, std=model.config.input_std)
             try:
                 if isinstance(image, Image.Image):
                     pixels = decoder.transform(to_rgb(image))

@@ -100,7 +100,8 @@ class _ImageSource:
         self.rng = random.Random(config.seed)  # which cached view a step sees
         if self.streaming:
             self.transform = train_transform(size, augment=True, flip=config.flip, min_scale=config.crop_min_scale,
-                                             max_aspect=config.crop_max_aspect)
+                                             max_aspect=config.crop_max_aspect, mean=model.config.input_mean,
+                                             std=model.config.input_std)
             self.cache = None
             return
         if self.features:
@@ -128,7 +129,7 @@ class _ImageSource:
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
-            images = normalize_uint8(images)
+            images = normalize_uint8(images, self.model.config.input_mean, self.model.config.input_std)
         if self.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -91,7 +91,7 @@ def pipeline(folder: Path, work: Path, model: DualEncoder, args: argparse.Namesp
 
 def naive(files: list[Path], model: DualEncoder, device: torch.device) -> float:
     """(c) images/s of the textbook loop: full decode, eval transform, fp32 NCHW, one image at a time."""
-    transform = eval_transform(model.config.image_size)
+    transform = eval_transform(model.config.image_size, model.config.input_mean, model.config.input_std)
     model.image.to(memory_format=torch.contiguous_format)  # ImageEmbedder made it channels_last
 
     def one(path: Path) -> None:
