@@ -32,7 +32,7 @@ from indexer.embed import ImageEmbedder, ModelHeader
 from indexer.lock import IndexLock
 from indexer.scan import SNIFF_BYTES, FileEntry, content_hash, scan, sniff
 from indexer.store import ErrorRow, ImageRow, Store
-from retrieval.config import default_model_path
+from retrieval.config import resolve_model
 from retrieval.errors import CheckpointError, IndexStoreError
 
 if TYPE_CHECKING:  # torch loads at the first batch to embed: an unchanged re-index never imports it
@@ -338,7 +338,7 @@ def _embedder(model: DualEncoder | str | os.PathLike | None, index_dir: Path, de
     """
     if model is not None and not isinstance(model, (str, os.PathLike)):
         return ImageEmbedder(model, device, precision, threads=threads), None, None
-    path = Path(model) if model is not None else default_model_path()
+    path = resolve_model(model)
     if model is None and not path.is_file():
         raise CheckpointError(f"no default model is installed yet (expected {path}); pass --model MODEL.pt")
     resolved = str(path.resolve())

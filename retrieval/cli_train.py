@@ -36,11 +36,19 @@ def _warn_missing(captions_set, label: str) -> None:  # type: ignore[no-untyped-
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 1024))
 @click.option("--pool", type=click.Choice(["avg", "grid2"]), default="avg", show_default=True,
               help="grid2 keeps coarse position (helps captions about left/right/above/below).")
+@click.option("--tf-padding", is_flag=True, help="TensorFlow 'SAME' padding on strided convolutions (for weights "
+              "converted from TensorFlow, e.g. by scripts/import_mobilenet_v2.py).")
+@click.option("--input-mean", nargs=3, type=float, default=(0.485, 0.456, 0.406), show_default=True,
+              help="Pixel normalisation the backbone's weights expect: (x/255 - mean) / std per RGB channel.")
+@click.option("--input-std", nargs=3, type=float, default=(0.229, 0.224, 0.225), show_default=True)
 @click.option("--drop-stages", default=0, show_default=True, type=click.IntRange(0),
               help="Leave out the backbone's last N stages (resnet18 at 64 px: 1 drops layer4, 1.6x the "
                    "training speed).")
 @click.option("--embed-dim", default=512, show_default=True, type=click.IntRange(2, 8192))
 @click.option("--hidden-size", default=512, show_default=True, type=click.IntRange(2, 8192))
+@click.option("--text-encoder", type=click.Choice(["gru", "pool"]), default="gru", show_default=True,
+              help="gru reads word order; pool (a layer per word, mean and max over the sentence) trains far "
+                   "faster on a CPU.")
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(2, 100000))
 @click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(0, min_open=True))
@@ -108,7 +116,9 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
     model_config = ModelConfig(backbone=backbone, weights=weights, image_size=image_size, pool=pool,
                                drop_stages=drop_stages, embed_dim=embed_dim, hidden_size=hidden_size,
                                freeze_backbone=freeze_backbone, word_dim=options.pop("word_dim"),
-                               dropout=options.pop("dropout"))
+                               dropout=options.pop("dropout"), text_encoder=options.pop("text_encoder"),
+                               tf_padding=options.pop("tf_padding"),
+                               input_mean=options.pop("input_mean"), input_std=options.pop("input_std"))
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, margin=margin,
                                captions_per_image=captions_per_image, pair_weight=pair_weight,
                                augment=not no_augment, flip=not no_flip, workers=workers, device=device, seed=seed,
@@ -149,8 +159,8 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
 
 
 @click.command("eval")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to evaluate (default: the shipped default model).")
+@click.option("--model", "model_path", metavar="NAME|FILE",
+              help="Model to evaluate: photos, scenes or a checkpoint file  [default: photos]")
 @click.option("--captions", "captions_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
@@ -160,7 +170,7 @@ def train(captions_path: Path, images_dir: Path | None, out_path: Path, fmt: str
               help="Average over this many image folds (5 = COCO-1K protocol).")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def eval_command(model_path: Path | None, captions_path: Path, images_dir: Path | None, fmt: str, split: str,
+def eval_command(model_path: str | None, captions_path: Path, images_dir: Path | None, fmt: str, split: str,
                  folds: int, device: str, as_json: bool) -> None:
     """Evaluate a model: text->image and image->text R@1/5/10, median/mean rank and rsum.
 

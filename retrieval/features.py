@@ -64,9 +64,10 @@ def _cache_key(trunk: torch.nn.Module, items: Sequence[ImageCaptions], parts: li
     for key, tensor in sorted(trunk.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    for item in items:
+    for item in items:  # the same files however they were named (relative, absolute, through a link)
         stat = item.image.stat() if item.image.is_file() else None
-        digest.update(f"{item.image}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}".encode())
+        size, mtime = (stat.st_size, stat.st_mtime_ns) if stat else (-1, -1)
+        digest.update(f"{item.image.resolve()}|{size}|{mtime}".encode())
     return digest.hexdigest()[:20]
 
 
@@ -80,23 +81,26 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
     ``prepare`` turns a uint8 batch [B, 3, S, S] into the network's input (normalised, on ``device``).
     """
     head, _ = encoder.split_trunk(tail_stages)
-    path = None
+    path, first_view, known = None, 0, None
     if cache_dir:
         normalisation = prepare(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten().tolist()
         parts: list[object] = [image_size, min_scale, max_aspect, flip, seed, normalisation]
 
         def cached(cut: int) -> Path:  # keyed by the weights before the cut: the stages after it may be trained
-            key = _cache_key(encoder.split_trunk(cut)[0], items, parts + [cut])
+            key = _cache_key(encoder.split_trunk(cut)[0], items, parts + [cut, str(encoder.pool) if cut == 0 else ""])
             return Path(cache_dir) / f"features-{key}.pt"
 
         path = cached(tail_stages)
-        for stored_tail in range(tail_stages, len(encoder.trunk)):
-            if not cached(stored_tail).is_file():
-                continue
-            stored = torch.load(cached(stored_tail), map_location="cpu", weights_only=True, mmap=True)
+        stores = [(cut, cached(cut)) for cut in range(tail_stages, len(encoder.trunk))]
+        for stored_tail, stored_path in [(cut, file) for cut, file in stores if file.is_file()]:
+            stored = torch.load(stored_path, map_location="cpu", weights_only=True, mmap=True)
             if stored["features"].shape[1] >= views:
                 features = _continue(encoder, stored["features"][:, :views], stored_tail, tail_stages, device, dtype)
+                if stored_tail != tail_stages:  # keep the result too: the next run at this cut starts here
+                    _save(path, features, list(stored["failed"]))
                 return FeatureCache(features, list(stored["failed"]), tail_stages)
+            if stored_tail == tail_stages and known is None:  # too few views: unless a later cut has them all,
+                first_view, known = stored["features"].shape[1], stored["features"]  # compute only the missing
     transforms = view_transforms(image_size, views, min_scale, max_aspect, flip)
     head.eval()
     features: torch.Tensor | None = None
@@ -113,6 +117,8 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
         out = out.float().cpu().half()
         if features is None:
             features = torch.zeros(len(items), views, *out.shape[1:], dtype=torch.float16)
+            if known is not None:
+                features[:, :first_view] = known
         for (row, view, _), value in zip(pending, out):
             features[row, view] = value
         pending.clear()
@@ -124,6 +130,8 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
             failed.append(row)
             continue
         for view, transform in enumerate(transforms):
+            if view < first_view:
+                continue
             torch.manual_seed(seed * 1_000_003 + row * 1009 + view)  # crops come from torch's generator
             pending.append((row, view, transform(image)))
         if len(pending) >= BATCH:
@@ -135,11 +143,15 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
     if features is None:
         features = torch.zeros(len(items), views, 1, dtype=torch.float16)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"features": features, "failed": failed}, tmp)
-        tmp.replace(path)
+        _save(path, features, failed)
     return FeatureCache(features, failed, tail_stages)
+
+
+def _save(path: Path, features: torch.Tensor, failed: list[int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"features": features, "failed": failed}, tmp)
+    tmp.replace(path)
 
 
 def _continue(encoder: torch.nn.Module, features: torch.Tensor, stored_tail: int, tail_stages: int,

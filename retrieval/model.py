@@ -18,6 +18,7 @@ from retrieval.errors import ConfigError
 from retrieval.tokenizer import PAD_ID, Vocabulary
 
 POOL_GRID = {"avg": 1, "grid2": 2}
+TEXT_ENCODERS = ("gru", "pool")
 
 
 # torchvision CNN families whose feature trunk ends in a [B, C, H, W] map this module can pool
@@ -158,19 +159,34 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Word embeddings -> GRU over packed sequences -> projection -> L2-normalised [B, D]."""
+    """Word embeddings -> GRU over packed sequences (or, with ``text_encoder="pool"``, a per-word layer whose
+    outputs are averaged and max-pooled over the sentence) -> projection -> L2-normalised [B, D]."""
 
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
+        if config.text_encoder not in TEXT_ENCODERS:
+            raise ConfigError(f"unknown text encoder {config.text_encoder!r}: use {' or '.join(TEXT_ENCODERS)}")
         self.embed = nn.Embedding(vocab_size, config.word_dim, padding_idx=PAD_ID)
+        self.dropout = config.dropout
+        if config.text_encoder == "pool":
+            self.mlp = nn.Sequential(nn.Linear(config.word_dim, config.hidden_size), nn.ReLU())
+            self.proj = nn.Linear(2 * config.hidden_size, config.embed_dim)
+            return
         self.gru = nn.GRU(config.word_dim, config.hidden_size, num_layers=config.gru_layers,
                           batch_first=True, bidirectional=config.bidirectional)
         directions = 2 if config.bidirectional else 1
         self.proj = nn.Linear(config.hidden_size * directions, config.embed_dim)
-        self.dropout = config.dropout
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] (padded with 0), lengths [B] -> [B, D]."""
+        if not hasattr(self, "gru"):
+            # each word on its own, so the layer runs once per distinct word of the batch, not once per token
+            distinct, where = torch.unique(tokens, return_inverse=True)
+            hidden = self.mlp(F.dropout(self.embed(distinct), self.dropout, self.training))[where]  # [B, L, H]
+            mask = (tokens != PAD_ID).unsqueeze(-1)  # [B, L, 1]
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            largest = hidden.masked_fill(~mask, float("-inf")).amax(1)
+            return F.normalize(self.proj(torch.cat([mean, largest], dim=1)), dim=-1)  # [B, 2H] -> [B, D]
         words = F.dropout(self.embed(tokens), self.dropout, self.training)  # [B, L, W]
         packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, hidden = self.gru(packed)  # [layers * dirs, B, H]

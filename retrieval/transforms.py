@@ -42,7 +42,8 @@ def train_transform(image_size: int, augment: bool = True, flip: bool = True, mi
 
     if not augment:
         return eval_transform(image_size, mean, std)
-    steps = [T.RandomResizedCrop(image_size, scale=(min_scale, 1.0), ratio=(1 / max_aspect, max_aspect), antialias=True)]
+    steps = [T.RandomResizedCrop(image_size, scale=(min_scale, 1.0), ratio=(1 / max_aspect, max_aspect),
+                                 antialias=True)]
     if flip:
         steps.append(T.RandomHorizontalFlip())
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])

@@ -1,5 +1,5 @@
-"""The shipped default model: it loads from the package, it is good on scenes it has never seen, and the
-demo runs end to end with it."""
+"""The shipped scenes model (the demo's): it loads from the package by name, it is good on scenes it has never
+seen, and the demo runs end to end with it. Named models resolve; an unknown name is one clear error."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,9 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from retrieval.checkpoint import checkpoint_summary, default_model_path, load_model
+from retrieval.checkpoint import checkpoint_summary, load_model
+from retrieval.config import MODELS, resolve_model, shipped_model_path
+from retrieval.errors import ConfigError
 from retrieval.cli import cli
 from retrieval.evaluate import encode_items, encode_texts, evaluate_model
 from retrieval.scenes.corpus import export_corpus, load_records
@@ -24,23 +26,34 @@ def fresh_corpus(tmp_path_factory):
     return folder
 
 
-def test_default_model_is_shipped_with_its_metrics():
-    summary = checkpoint_summary()
-    assert default_model_path().name == "default_model.pt"
+def test_scenes_model_is_shipped_with_its_metrics():
+    summary = checkpoint_summary("scenes")
+    assert shipped_model_path("scenes").name == "scenes.pt"
     assert summary["config"]["backbone"] == "resnet18"
-    metrics = json.loads(default_model_path().with_suffix(".json").read_text())
-    assert metrics["model"] == summary["identity"]
+    metrics = json.loads(shipped_model_path("scenes").with_suffix(".json").read_text())
+    assert metrics["model"] == summary["identity"] and metrics["name"] == "scenes"
     assert metrics["test_images"] == 1000
 
 
+def test_named_models_resolve_and_an_unknown_name_lists_the_names(tmp_path):
+    assert resolve_model("scenes") == shipped_model_path("scenes")
+    assert resolve_model("photos") == shipped_model_path("photos")
+    assert resolve_model(str(tmp_path / "mine.pt")) == tmp_path / "mine.pt"  # a file, even one not made yet
+    with pytest.raises(ConfigError, match=r"unknown model 'photo': use one of photos, scenes or a checkpoint file"):
+        resolve_model("photo")
+    assert set(MODELS) == {"photos", "scenes"}
+    result = CliRunner().invoke(cli, ["info", "--model", "sceens"])
+    assert isinstance(result.exception, ConfigError) and "use one of photos, scenes" in str(result.exception)
+
+
 def test_default_model_recall_on_fresh_scenes(fresh_corpus):
-    metrics, _ = evaluate_model(None, fresh_corpus / "captions.jsonl", split="test", device="cpu")
+    metrics, _ = evaluate_model("scenes", fresh_corpus / "captions.jsonl", split="test", device="cpu")
     assert metrics.images == 100 and metrics.captions == 500
     assert metrics.t2i.r10 >= 90.0, metrics.t2i
 
 
 def test_default_model_binds_attributes(fresh_corpus):
-    model = load_model()
+    model = load_model("scenes")
     records = list(load_records(fresh_corpus).values())
     encoded = encode_items(model, [_item(fresh_corpus, r) for r in records])
     probe = attribute_swap_probe(records, encoded.image_vectors, lambda texts: encode_texts(model, texts))
