@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrieval.checkpoint import load_model, save_checkpoint, checkpoint_summary  # noqa: E402
+from retrieval.checkpoint import checkpoint_summary, load_model, save_checkpoint  # noqa: E402
 from retrieval.evaluate import evaluate_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -92,6 +92,10 @@ def main() -> int:
         subprocess.run(command, check=True, cwd=ROOT)
         model_path = out
     trained = time.perf_counter()
+    if args.eval_only:  # what the recipe runs, for the card (its time was measured when it ran)
+        commands = [shlex.join(train_command(recipe, stage, args.work / f"stage{n}.pt",
+                                             args.work / f"stage{n - 1}.pt" if n > 1 else None))
+                    for n, stage in enumerate(recipe["stages"], 1)]
     model = load_model(model_path)
     stored = checkpoint_summary(model_path)
     save_checkpoint(model, args.out, metrics=stored["metrics"], train_config=stored["train_config"], half=True)
@@ -104,8 +108,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as scratch:
             coco, _ = evaluate_model(args.out, coco_mini_captions(Path(scratch)), SHARED / "coco-mini", split=None)
         card["coco_mini_recall"] = coco.to_dict()
-    card["train"] = {"commands": commands, "train_seconds": round(trained - started),
-                     "total_seconds": round(time.perf_counter() - started)}
+    card["train"] = {"commands": commands, "train_seconds": None if args.eval_only else round(trained - started),
+                     "total_seconds": None if args.eval_only else round(time.perf_counter() - started)}
     card["model_config"], card["train_config"] = stored["config"], stored["train_config"]
     args.out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({k: card[k] for k in ("recall", "coco_mini_recall", "train") if k in card}, indent=2))
