@@ -81,3 +81,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert possible >= 10 and found >= possible / 4
     again = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--count", "200"])
     assert "unchanged 200" in again.output  # a second run re-embeds nothing
+
+
+def test_photos_model_is_shipped_self_contained_with_its_card():
+    """The photos model loads by name with nothing but the package (no GloVe, no ../shared): its vocabulary
+    reaches beyond Flickr8k's captions, and its card names it and gives its measured recall."""
+    if not shipped_model_path("photos").is_file():
+        pytest.skip("the photos model is not installed")
+    model = load_model("photos", with_image=False)
+    card = json.loads(shipped_model_path("photos").with_suffix(".json").read_text())
+    assert card["model"] == model.identity and card["name"] == "photos" and card["vocabulary"] == len(model.vocab)
+    assert card["recall"]["images"] == 1000 and card["recall"]["t2i"]["r10"] > 44.1  # the frozen-trunk floor
+    assert model.vocab.unknown_words("a canine by a lake with two dogs playing in the snow") == []
+    queries = encode_texts(model, ["two dogs playing in the snow", "a canine playing in the snow",
+                                   "a man riding a surfboard on a wave"])
+    # "canine" is in no Flickr8k caption: its GloVe vector alone puts it near the dogs the model was trained on
+    assert queries[0] @ queries[1] > queries[0] @ queries[2] + 0.2
