@@ -48,8 +48,9 @@ class _ProgressBar:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Index directory  [default: FOLDER/.vlsearch]")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Model checkpoint  [default: the shipped default model]")
+@click.option("--model", metavar="NAME|FILE",
+              help="Model: photos (real photographs), scenes (the demo's generated scenes) or a checkpoint file  "
+                   "[default: photos]")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per CNN batch.")
 @click.option("--workers", type=click.IntRange(0), help="Decoding threads; 0 decodes in the main thread  "
               "[default: CPU count, at most 8]. With --engine ray: Ray actors  [default: one per CPU, or per GPU "
@@ -68,7 +69,7 @@ class _ProgressBar:
               help="GPUs per Ray actor (0: CPU actors).")
 @click.option("--ship-bytes", is_flag=True, help="With --engine ray: read the files here and ship their bytes "
               "to the workers, for nodes that cannot see FOLDER.")
-def index(folder: Path, index_dir: Path | None, model: Path | None, batch_size: int, workers: int | None,
+def index(folder: Path, index_dir: Path | None, model: str | None, batch_size: int, workers: int | None,
           device: str, index_type: str | None, rebuild: bool, quiet: bool, engine: str, ray_address: str | None,
           gpus_per_worker: float, ship_bytes: bool) -> None:
     """Build or update the index of an image folder.
@@ -127,13 +128,28 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _card_lines(card: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """What a model card says: what the model was trained on and its measured text->image recall."""
+    if not card:
+        return []
+    lines = [("trained on", str(card["trained_on"]))] if card.get("trained_on") else []
+    t2i = (card.get("recall") or {}).get("t2i")
+    if t2i:
+        where = f" on {card['recall_on']}" if card.get("recall_on") else ""
+        lines.append(("recall", f"text->image R@1/5/10 {t2i['r1']:.1f}/{t2i['r5']:.1f}/{t2i['r10']:.1f}{where}"))
+    return lines
+
+
 def _index_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
-    model = info["model"] + (f" ({info['model_path']})" if info["model_path"] else "")
+    card = info.get("model_card") or {}
+    model = (f"{card['name']}, " if card.get("name") else "") + info["model"]
+    model += f" ({info['model_path']})" if info["model_path"] else ""
     index_type = info["index_type"] + (f" ({info['index_type_option']})" if info["index_type_option"] else "")
     if not info["vectors_current"]:
         index_type += ", FAISS file stale (rebuilt from SQLite on the next run or search)"
     return [("index", info["index_dir"]), ("folder", info["root"]), ("images", str(info["images"])),
-            ("unreadable", _files(info["errors"])), ("model", model), ("dimension", str(info["dim"])),
+            ("unreadable", _files(info["errors"])), ("model", model), *_card_lines(info.get("model_card")),
+            ("dimension", str(info["dim"])),
             ("index type", index_type), ("on disk", _size(info["size_bytes"])), ("updated", info["updated_at"])]
 
 
@@ -141,17 +157,20 @@ def _model_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
     config = ", ".join(f"{key}={value}" for key, value in summary["config"].items())
     metrics = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                         for key, value in summary["metrics"].items())
-    return [("model", summary["identity"]), ("config", config), ("vocabulary", f"{summary['vocab_size']} words"),
+    card = summary.get("card") or {}
+    return [("model", (f"{card['name']}, " if card.get("name") else "") + summary["identity"]),
+            *_card_lines(card), ("config", config), ("vocabulary", f"{summary['vocab_size']} words"),
             ("metrics", metrics or "none stored")]
 
 
 @click.command()
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Index directory, or a folder indexed into FOLDER/.vlsearch  [default: the current folder]")
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Describe this model checkpoint (identity, config, vocabulary, metrics).")
+@click.option("--model", "model_path", metavar="NAME|FILE",
+              help="Describe this model (photos, scenes or a checkpoint file): identity, config, vocabulary, "
+                   "metrics.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {\"index\": {...}, \"model\": {...}}.")
-def info(index_dir: Path | None, model_path: Path | None, as_json: bool) -> None:
+def info(index_dir: Path | None, model_path: str | None, as_json: bool) -> None:
     """Show what an index holds (and which model made it), or describe a model checkpoint.
 
     \b
@@ -166,8 +185,10 @@ def info(index_dir: Path | None, model_path: Path | None, as_json: bool) -> None
         report["index"] = index_info(index_dir if index_dir is not None else Path.cwd()).to_dict()
     if model_path is not None:
         from retrieval.checkpoint import checkpoint_summary
+        from retrieval.config import model_card, resolve_model
 
         report["model"] = checkpoint_summary(model_path)
+        report["model"]["card"] = model_card(report["model"]["identity"], resolve_model(model_path))
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return

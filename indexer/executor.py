@@ -20,7 +20,7 @@ from retrieval.decode import Decoder, DecodeError, ImageInfo, probe
 from indexer.embed import ModelHeader
 from indexer.scan import SNIFF_BYTES, FileEntry, content_hash, sniff
 from indexer.store import Store
-from retrieval.config import default_model_path
+from retrieval.config import resolve_model as resolve_model_path
 from retrieval.errors import CheckpointError, IndexStoreError, VlsearchError
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def resolve_model(model: DualEncoder | str | os.PathLike | None, index_dir: Path
             raise ValueError("the model was loaded without its image branch (with_image=False)")
         return ModelRef(ModelHeader(model.identity, model.config.embed_dim, model.config.image_size,
                                     _fusion_identity(model)), loaded=model)
-    path = Path(model) if model is not None else default_model_path()
+    path = resolve_model_path(model)
     if model is None and not path.is_file():
         raise CheckpointError(f"no default model is installed yet (expected {path}); pass --model MODEL.pt")
     resolved = str(path.resolve())

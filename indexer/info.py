@@ -8,6 +8,14 @@ from typing import Any
 
 from indexer import layout
 from indexer.store import Store
+from retrieval.config import model_card
+
+CARD_KEYS = ("name", "trained_on", "recall_on", "recall", "vocabulary")  # what info shows of a model's card
+
+
+def _card(identity: str, path: str | None) -> dict[str, Any] | None:
+    card = model_card(identity, path) if identity else None
+    return {key: card[key] for key in CARD_KEYS if key in card} if card else None
 
 
 @dataclass
@@ -18,6 +26,7 @@ class IndexInfo:
     errors: int  # files that could not be read
     model: str  # identity of the model that built it
     model_path: str | None
+    model_card: dict[str, Any] | None  # a shipped model's name, what it was trained on, its measured recall
     dim: int
     index_type: str  # FAISS factory string of the saved index
     index_type_option: str  # what was asked for: auto, flat, hnsw, ivf or a factory string
@@ -41,6 +50,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
     return IndexInfo(
         index_dir=str(Path(index_dir).resolve()), root=str(layout.resolve_root(index_dir, meta.get("root"))),
         images=images, errors=errors, model=meta.get("model") or "", model_path=meta.get("model_path"),
+        model_card=_card(meta.get("model") or "", meta.get("model_path")),
         dim=int(meta.get("dim") or 0), index_type=meta.get("index_type") or "",
         index_type_option=meta.get("index_type_option") or "auto",
         vectors_current=layout.faiss_path(index_dir, int(meta.get("generation") or 0)).is_file(),

@@ -16,6 +16,8 @@ from retrieval.errors import CaptionsError
 FORMATS = ("auto", "coco", "karpathy", "flickr", "jsonl", "csv", "tsv")
 IMAGE_KEYS = ("image", "filename", "file_name")
 SPLIT_ALIASES = {"restval": "train", "training": "train", "validation": "val", "dev": "val"}
+# Flickr8k ships its standard split as name lists beside the token file (Flickr_8k.trainImages.txt, ...)
+FLICKR_SPLIT_LISTS = {"train": "trainImages.txt", "val": "devImages.txt", "test": "testImages.txt"}
 
 
 @dataclass
@@ -99,16 +101,19 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None, fmt: s
         raise
     except (ValueError, KeyError, TypeError, csv.Error) as exc:
         raise CaptionsError(f"{path}: not a valid {fmt} captions file ({exc.__class__.__name__}: {exc})") from exc
+    listed = flickr_split_lists(path) if fmt == "flickr" else {}
     items, missing = [], []
     grouped = _group(rows)
-    has_splits = any(entry["split"] for entry in grouped.values())
+    has_splits = bool(listed) or any(entry["split"] for entry in grouped.values())
     for name, entry in grouped.items():
-        entry_split = SPLIT_ALIASES.get(entry["split"], entry["split"])
-        if split is not None and has_splits and entry_split != split:
+        entry_split = SPLIT_ALIASES.get(entry["split"], entry["split"]) or listed.get(name)
+        if split is not None and has_splits and entry_split not in (split, None):
             continue
         image = root / name
-        if not image.is_file():
+        if not image.is_file():  # e.g. Flickr8k's `2258277193_586949ec62.jpg.1`, named in no list either
             missing.append(name)
+            continue
+        if split is not None and has_splits and entry_split != split:
             continue
         items.append(ImageCaptions(image, entry["captions"], entry_split, entry["negatives"]))
     if not items:
@@ -116,6 +121,16 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None, fmt: s
         wanted = f" in split {split!r}" if split else ""
         raise CaptionsError(f"{path}: no existing image with captions{wanted}{detail}")
     return CaptionSet(items, missing, fmt, has_splits)
+
+
+def flickr_split_lists(path: Path) -> dict[str, str]:
+    """Image name -> split from the lists beside a Flickr token file (``*trainImages.txt``, ``*devImages.txt``,
+    ``*testImages.txt``, as Flickr8k ships them); empty when there are none."""
+    splits: dict[str, str] = {}
+    for split, suffix in FLICKR_SPLIT_LISTS.items():
+        for listing in sorted(path.parent.glob(f"*{suffix}")):
+            splits.update((line.strip(), split) for line in _read_text(listing).splitlines() if line.strip())
+    return splits
 
 
 def _read_text(path: Path) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from retrieval.config import ModelConfig, default_model_path
+from retrieval.config import ModelConfig, default_model_path, resolve_model  # noqa: F401 (default_model_path: API)
 from retrieval.errors import CheckpointError
 from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
@@ -113,11 +113,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
                with_image: bool = True) -> DualEncoder:
-    """Rebuild a model from a checkpoint alone, in eval mode. ``path=None`` loads the default model.
+    """Rebuild a model from a checkpoint alone, in eval mode. ``path``: a file, a shipped model's name
+    (photos, scenes), or None for the default model.
 
     ``with_image=False`` skips building the CNN: a text query needs only the GRU branch.
     """
-    payload = read_checkpoint(path if path is not None else default_model_path())
+    path = resolve_model(path)
+    payload = read_checkpoint(path)
     config = ModelConfig.from_dict(payload["config"])
     model = DualEncoder(config, Vocabulary(list(payload["vocab"])), with_image=with_image, pretrained=False)
     state = payload["state_dict"]
@@ -133,8 +135,9 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
 
 
 def checkpoint_summary(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Config, identity, vocabulary size and stored metrics, without building the model."""
-    payload = read_checkpoint(path if path is not None else default_model_path())
+    """Config, identity, vocabulary size and stored metrics, without building the model (``path`` as in
+    :func:`load_model`)."""
+    payload = read_checkpoint(resolve_model(path))
     return {"identity": payload["identity"], "fusion_identity": payload.get("fusion_identity", ""),
             "config": payload["config"], "vocab_size": len(payload["vocab"]),
             "metrics": payload.get("metrics", {}), "train_config": payload.get("train_config", {})}

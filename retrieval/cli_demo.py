@@ -11,9 +11,9 @@ import click
               help="Folder for the generated images, their index and the contact sheet.")
 @click.option("--count", default=2000, show_default=True, type=click.IntRange(10, 1_000_000),
               help="How many scenes to generate.")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to use (default: the shipped default model).")
-def demo(out_dir: Path, count: int, model_path: Path | None) -> None:
+@click.option("--model", "model_path", metavar="NAME|FILE",
+              help="Model: photos, scenes or a checkpoint file  [default: scenes, which knows the demo's scenes]")
+def demo(out_dir: Path, count: int, model_path: str | None) -> None:
     """Generate a folder of unseen scenes, index it, and run example queries.
 
     \b

@@ -22,14 +22,15 @@ from retrieval.errors import IndexStoreError, QueryError
 @click.option("--min-score", type=float, help="Drop results scoring below this cosine similarity.")
 @click.option("--where", help="SQL condition on the images table, e.g. \"width > 1000 and format = 'PNG'\".")
 @click.option("--glob", "glob_pattern", help="Path pattern relative to the folder, e.g. 'holiday/*.jpg'.")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to encode the query with (default: the one the index was built with).")
+@click.option("--model", "model_path", metavar="NAME|FILE",
+              help="Model to encode the query with: photos, scenes or a checkpoint file  [default: the one the index "
+                   "was built with]")
 @click.option("--rerank", type=click.IntRange(0, 10000),
               help="Re-order FAISS's top N with the model's fusion head (default: 100 when the model has one "
                    "and the index its region vectors; 0: off).")
 def search(query: str | None, index_dir: Path | None, k: int, image_path: Path | None, as_json: bool,
            paths_only: bool, min_score: float | None, where: str | None, glob_pattern: str | None,
-           model_path: Path | None, rerank: int | None) -> None:
+           model_path: str | None, rerank: int | None) -> None:
     """Find the indexed images that best match QUERY.
 
     A warning names the query words the model does not know (they change nothing), and says so when it knows

@@ -13,9 +13,10 @@ import click
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback lets others search and download the images.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to encode queries with (default: the one the index was built with).")
-def serve(index_dir: Path | None, host: str, port: int, model_path: Path | None) -> None:
+@click.option("--model", "model_path", metavar="NAME|FILE",
+              help="Model to encode queries with: photos, scenes or a checkpoint file  [default: the one the index "
+                   "was built with]")
+def serve(index_dir: Path | None, host: str, port: int, model_path: str | None) -> None:
     """Serve the search API and a web page for one index (model and index are loaded once).
 
     \b

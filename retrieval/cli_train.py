@@ -51,8 +51,12 @@ def train(ctx: click.Context, out_path: Path, init: Path | None, **_options: Any
     """
     from retrieval.recipe import train_recipe
 
+    recipe = planned_recipe(ctx)
+    if any(train.feature_cache and not model.freeze_backbone for _, model, train in recipe.stage_configs()):
+        click.echo("warning: --feature-cache is off: it needs --freeze-backbone (a trained trunk changes its "
+                   "features)", err=True)
     progress = TrainProgress()
-    result = train_recipe(planned_recipe(ctx), out_path, progress, init)
+    result = train_recipe(recipe, out_path, progress, init)
     progress.close()
     if result.skipped_images:
         click.echo(f"warning: {len(result.skipped_images)} unreadable images skipped "
@@ -127,8 +131,8 @@ class TrainProgress:
 
 
 @click.command("eval")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Checkpoint to evaluate (default: the shipped default model).")
+@click.option("--model", "model_path", metavar="NAME|FILE",
+              help="Model to evaluate: photos, scenes or a checkpoint file  [default: photos]")
 @click.option("--captions", "captions_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
@@ -141,7 +145,7 @@ class TrainProgress:
 @click.option("--rerank", type=click.IntRange(0, 10000), default=0, show_default=True,
               help="Also report text->image recall after the model's fusion head re-orders each caption's top N "
                    "(one fold, on the CPU).")
-def eval_command(model_path: Path | None, captions_path: Path, images_dir: Path | None, fmt: str, split: str,
+def eval_command(model_path: str | None, captions_path: Path, images_dir: Path | None, fmt: str, split: str,
                  folds: int, device: str, as_json: bool, rerank: int) -> None:
     """Evaluate a model: text->image and image->text R@1/5/10, median/mean rank and rsum.
 

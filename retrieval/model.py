@@ -18,6 +18,7 @@ from retrieval.errors import ConfigError
 from retrieval.tokenizer import PAD_ID, Vocabulary
 
 POOL_GRID = {"avg": 1, "grid2": 2}
+TEXT_ENCODERS = ("gru", "pool")
 
 
 # torchvision CNN families whose feature trunk ends in a [B, C, H, W] map this module can pool
@@ -130,6 +131,7 @@ class ImageEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(POOL_GRID[config.pool])
         self.feature_dim = _trunk_channels(self.trunk) * POOL_GRID[config.pool] ** 2
         self.proj = nn.Linear(self.feature_dim, config.embed_dim)
+        self.dropout = config.dropout
         if config.freeze_backbone:
             self.trunk.requires_grad_(False)
 
@@ -137,9 +139,20 @@ class ImageEncoder(nn.Module):
         """[B, 3, H, W] -> pooled trunk features [B, F] (what a feature cache stores)."""
         return self.pool(self.trunk(images)).flatten(1)
 
+    def split_trunk(self, tail_stages: int) -> tuple[nn.Module, nn.Module]:
+        """(head, tail): the trunk less its last ``tail_stages`` stages, and those stages (the tail may be empty)."""
+        if not 0 <= tail_stages < len(self.trunk):
+            raise ConfigError(f"the trunk has {len(self.trunk)} stages; cannot train the last {tail_stages} alone")
+        cut = len(self.trunk) - tail_stages
+        return self.trunk[:cut], self.trunk[cut:]
+
+    def tail_features(self, maps: torch.Tensor, tail_stages: int) -> torch.Tensor:
+        """Feature maps after the trunk's head [B, C, h, w] -> pooled features [B, F] (the tail runs on them)."""
+        return self.pool(self.split_trunk(tail_stages)[1](maps)).flatten(1)
+
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """[B, F] -> [B, D], unit length."""
-        return F.normalize(self.proj(features.float()), dim=-1)
+        return F.normalize(self.proj(F.dropout(features.float(), self.dropout, self.training)), dim=-1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(images))
@@ -151,11 +164,19 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Word embeddings -> GRU over packed sequences -> projection -> L2-normalised [B, D]."""
+    """Word embeddings -> GRU over packed sequences (or, with ``text_encoder="pool"``, a per-word layer whose
+    outputs are averaged and max-pooled over the sentence) -> projection -> L2-normalised [B, D]."""
 
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
+        if config.text_encoder not in TEXT_ENCODERS:
+            raise ConfigError(f"unknown text encoder {config.text_encoder!r}: use {' or '.join(TEXT_ENCODERS)}")
         self.embed = nn.Embedding(vocab_size, config.word_dim, padding_idx=PAD_ID)
+        self.dropout = config.dropout
+        if config.text_encoder == "pool":
+            self.mlp = nn.Sequential(nn.Linear(config.word_dim, config.hidden_size), nn.ReLU())
+            self.proj = nn.Linear(2 * config.hidden_size, config.embed_dim)
+            return
         self.gru = nn.GRU(config.word_dim, config.hidden_size, num_layers=config.gru_layers,
                           batch_first=True, bidirectional=config.bidirectional)
         directions = 2 if config.bidirectional else 1
@@ -163,7 +184,15 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] (padded with 0), lengths [B] -> [B, D]."""
-        words = self.embed(tokens)  # [B, L, W]
+        if not hasattr(self, "gru"):
+            # each word on its own, so the layer runs once per distinct word of the batch, not once per token
+            distinct, where = torch.unique(tokens, return_inverse=True)
+            hidden = self.mlp(F.dropout(self.embed(distinct), self.dropout, self.training))[where]  # [B, L, H]
+            mask = (tokens != PAD_ID).unsqueeze(-1)  # [B, L, 1]
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            largest = hidden.masked_fill(~mask, float("-inf")).amax(1)
+            return F.normalize(self.proj(torch.cat([mean, largest], dim=1)), dim=-1)  # [B, 2H] -> [B, D]
+        words = F.dropout(self.embed(tokens), self.dropout, self.training)  # [B, L, W]
         packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, hidden = self.gru(packed)  # [layers * dirs, B, H]
         dirs = 2 if self.gru.bidirectional else 1

@@ -23,7 +23,8 @@ from PIL import Image
 from indexer import layout, vectors
 from indexer.layout import INDEX_ENV, find_index  # noqa: F401  (part of this module's API)
 from indexer.store import Store
-from retrieval.checkpoint import default_model_path, load_model, read_checkpoint
+from retrieval.checkpoint import load_model, read_checkpoint
+from retrieval.config import MODELS, resolve_model, shipped_model_path
 from retrieval.errors import CheckpointError, QueryError
 
 @dataclass(frozen=True)
@@ -81,12 +82,14 @@ def json_bytes(document: Any, indent: int | None = 2) -> bytes:
 def _model_for_index(meta: dict[str, Any], model: str | os.PathLike | None) -> Path:
     """The checkpoint to query an index with: the one asked for, else the one it recorded, else the default."""
     if model is not None:
-        return Path(model)
+        return resolve_model(model)
     recorded = meta.get("model_path")
     if recorded and Path(recorded).is_file():
         return Path(recorded)
-    if default_model_path().is_file() and read_checkpoint(default_model_path())["identity"] == meta.get("model"):
-        return default_model_path()
+    for name in MODELS:  # e.g. an index made with data/default_model.pt, shipped today as scenes.pt
+        shipped = shipped_model_path(name)
+        if shipped.is_file() and read_checkpoint(shipped)["identity"] == meta.get("model"):
+            return shipped
     raise CheckpointError(f"the index was built with model {meta.get('model')} ({recorded or 'path unknown'}), "
                           "which is not available here; pass --model with that checkpoint")
 

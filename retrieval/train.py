@@ -23,8 +23,9 @@ from retrieval.config import ModelConfig, TrainConfig
 from retrieval.data import Batch, PairDataset, cache_images, collate
 from retrieval.decode import DecodeError, load_rgb
 from retrieval.device import autocast, resolve_device, resolve_precision, set_threads, unit_vectors
-from retrieval.errors import CaptionsError
+from retrieval.errors import CaptionsError, ConfigError
 from retrieval.evaluate import EvalResult, embed_set, folded_metrics
+from retrieval.features import build_feature_cache
 from retrieval.loss import make_loss
 from retrieval.model import DualEncoder
 from retrieval.tokenizer import Vocabulary
@@ -87,41 +88,43 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 class _ImageSource:
-    """How training gets image tensors: an in-memory cache (uint8 pixels or frozen-trunk features),
-    or decoding with augmentation in DataLoader workers."""
+    """How training gets image tensors: frozen-trunk features of a few views per image computed once
+    (:mod:`retrieval.features`), an in-memory uint8 pixel cache, or decoding with augmentation in DataLoader
+    workers."""
 
     def __init__(self, model: DualEncoder, items: Sequence[ImageCaptions], config: TrainConfig,
                  device: torch.device, dtype: torch.dtype, augment: bool):
         self.model, self.device, self.dtype = model, device, dtype
         self.items = items
         size = model.config.image_size
-        self.streaming = augment
-        self.features = False
+        self.features = config.feature_cache and model.config.freeze_backbone
+        self.streaming = augment and not self.features
+        self.tail_stages = config.tail_stages if self.features else 0
         self.failed: list[str] = []  # images that could not be decoded, dropped from training
+        self.views = 1
+        self.rng = random.Random(config.seed)  # which cached view a step sees
         if self.streaming:
-            self.transform = train_transform(size, augment=True, flip=config.flip)
+            self.transform = train_transform(size, augment=True, flip=config.flip, min_scale=config.crop_min_scale,
+                                             max_aspect=config.crop_max_aspect)
             self.cache = None
             return
-        self.cache, failed = cache_images(items, size)
+        if self.features:
+            cache = build_feature_cache(
+                model.image, items, image_size=size, views=config.cache_views if augment else 1,
+                tail_stages=self.tail_stages, prepare=self._prepare, device=device, dtype=dtype,
+                min_scale=config.crop_min_scale, max_aspect=config.crop_max_aspect, flip=config.flip,
+                seed=config.seed, cache_dir=config.feature_cache_dir or None)
+            self.cache, failed, self.views = cache.features, cache.failed, cache.views
+        else:
+            self.cache, failed = cache_images(items, size)
         if failed:
             keep = [i for i in range(len(items)) if i not in set(failed)]
             self.failed = [str(items[i].image) for i in failed]
             self.cache, self.items = self.cache[keep], [items[i] for i in keep]
-        if config.feature_cache and model.config.freeze_backbone:
-            self.cache = self._trunk_features(self.cache)
-            self.features = True
-
-    def _trunk_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        self.model.image.trunk.eval()
-        chunks = []
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            for start in range(0, len(pixels), 256):
-                chunks.append(self.model.image.features(self._prepare(pixels[start:start + 256])).float().cpu())
-        return torch.cat(chunks)
 
     def load(self, index: int) -> torch.Tensor | None:
         if self.cache is not None:
-            return self.cache[index]
+            return self.cache[index, self.rng.randrange(self.views)] if self.features else self.cache[index]
         try:  # the indexer's decoder, at up to twice the model's side: random crops zoom in
             return self.transform(load_rgb(self.items[index].image, 2 * self.model.config.image_size)[0])
         except DecodeError:
@@ -132,9 +135,12 @@ class _ImageSource:
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """A batch from :meth:`load` -> vectors [B, D] (unit length after :func:`unit_vectors`)."""
-        if self.features:
-            return self.model.image.project(images.to(self.device))
-        return self.model.encode_image(self._prepare(images))
+        if not self.features:
+            return self.model.encode_image(self._prepare(images))
+        features = images.to(self.device).float()
+        if self.tail_stages:
+            features = self.model.image.tail_features(self._prepare(features), self.tail_stages)
+        return self.model.image.project(features)
 
 
 def _evaluate(model: DualEncoder, source: _ImageSource, items: Sequence[ImageCaptions]) -> tuple[EvalResult, bool]:
@@ -188,7 +194,11 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
         model.image.trunk.requires_grad_(not model_config.freeze_backbone)
     else:
         vocab = Vocabulary.build((c for item in train_items for c in item.captions), config.min_word_count)
-        model = DualEncoder(model_config, vocab).to(device)
+        model = _new_model(model_config, vocab, config).to(device)
+    if config.freeze_embeddings:
+        model.text.embed.weight.requires_grad_(False)
+    if config.feature_cache and model_config.freeze_backbone and config.tail_stages:
+        model.image.split_trunk(config.tail_stages)[1].requires_grad_(True)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     train_source = _ImageSource(model, train_items, config, device, dtype, augment=config.augment)
@@ -210,7 +220,7 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
     rest = [p for p in list(model.parameters()) + list(loss_fn.parameters())
             if p.requires_grad and id(p) not in backbone_ids]
     groups = [{"params": rest, "lr": config.lr}]
-    if backbone and not train_source.features:
+    if backbone:  # a trunk being fine-tuned, or the tail of a frozen one
         groups.append({"params": backbone, "lr": config.lr * (config.backbone_lr_scale if pretrained_backbone else 1)})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
@@ -255,6 +265,23 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
     best.history = history
     best.skipped_images = skipped
     return best
+
+
+def _new_model(model_config: ModelConfig, vocab: Vocabulary, config: TrainConfig) -> DualEncoder:
+    """A fresh model; with ``config.glove``, a vocabulary extended by GloVe's most frequent words and word
+    embeddings initialised from GloVe (kept in the checkpoint: queries never need the GloVe files)."""
+    if not config.glove:
+        return DualEncoder(model_config, vocab)
+    from retrieval.glove import embedding_matrix, extend_vocabulary, load_glove
+
+    glove = load_glove(config.glove)
+    if glove.dim != model_config.word_dim:
+        raise ConfigError(f"GloVe {config.glove} has {glove.dim}-dimensional vectors; set word_dim to {glove.dim}")
+    vocab = extend_vocabulary(vocab, glove, config.glove_words)
+    model = DualEncoder(model_config, vocab)
+    with torch.no_grad():
+        model.text.embed.weight.copy_(embedding_matrix(vocab, glove, model.text.embed.weight))
+    return model
 
 
 def _train_step(model: DualEncoder, source: _ImageSource, loss_fn: torch.nn.Module, batch: Batch,

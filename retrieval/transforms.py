@@ -39,14 +39,16 @@ def prepare_batch(images: torch.Tensor, device: torch.device, mean: Sequence[flo
     return images
 
 
-def train_transform(image_size: int, augment: bool = True, flip: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+def train_transform(image_size: int, augment: bool = True, flip: bool = True, min_scale: float = 0.6,
+                    max_aspect: float = 1.18) -> Callable[[Image.Image], torch.Tensor]:
     """Random resized crops (and optional flips) for training, uint8 [3, S, S]; the eval transform when
     ``augment`` is off. :func:`prepare_batch` normalises the batch."""
     from torchvision import transforms as T
 
     if not augment:
         return eval_transform_uint8(image_size)
-    steps = [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.85, 1.18), antialias=True)]
+    steps = [T.RandomResizedCrop(image_size, scale=(min_scale, 1.0), ratio=(1 / max_aspect, max_aspect),
+                                 antialias=True)]
     if flip:
         steps.append(T.RandomHorizontalFlip())
     return T.Compose([*steps, T.PILToTensor()])

@@ -1,7 +1,7 @@
 """Indexing throughput: the CNN alone, the full `vlsearch index` path and a naive loop, in images/s.
 
     python scripts/bench_index.py                    # resnet50 at 224 px and the default model, 512 JPEGs
-    python scripts/bench_index.py --config resnet50:224 --model data/default_model.pt --count 512
+    python scripts/bench_index.py --config resnet50:224 --model data/scenes.pt --count 512
 
 For each model, on the same folder of photo-sized JPEGs (1024x768, quality 90, generated once into
 ``runs/bench_jpegs/``), with the same batch size and precision:

@@ -2,7 +2,7 @@
 
     python scripts/bench_query.py                          # all parts, FAISS at 10k, 100k and 1M (~10 min)
     python scripts/bench_query.py --sizes 10000            # a quick run (about two minutes)
-    python scripts/bench_query.py --model data/default_model.pt --types flat,hnsw --skip-cold
+    python scripts/bench_query.py --model data/scenes.pt --types flat,hnsw --skip-cold
 
 1. Warm: ``SearchEngine.search`` (text encoding + FAISS + SQLite rows) on a generated, indexed folder of
    scenes, p50/p95 over distinct queries; and the text encoding alone (target < 2 ms a sentence).

@@ -1,7 +1,7 @@
 """Scale-out overhead: the same folder indexed with ``engine="local"`` and ``engine="ray"``, in images/s.
 
     python scripts/bench_ray.py                      # resnet50 at 224 px and the default model, 256 JPEGs
-    python scripts/bench_ray.py --config resnet50:224 --model data/default_model.pt --count 256
+    python scripts/bench_ray.py --config resnet50:224 --model data/scenes.pt --count 256
 
 The folder is bench_index.py's (1024x768 JPEGs, quality 90, made once into ``runs/bench_jpegs/``). The
 script re-runs itself in its own network and PID namespace (``unshare``; Ray binds the host's address even

@@ -1,7 +1,7 @@
 """Re-index and memory: peak RSS of indexing 10k and 100k files, and an unchanged re-index of 100k.
 
     python scripts/bench_reindex.py                  # the default model; 100,000 tiny JPEGs (~5 min)
-    python scripts/bench_reindex.py --model data/default_model.pt --sizes 10000,100000
+    python scripts/bench_reindex.py --model data/scenes.pt --sizes 10000,100000
     python scripts/bench_reindex.py --work runs/reindex   # keep the indexes: a second run re-measures only
                                                           # the unchanged re-index
 

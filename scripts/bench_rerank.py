@@ -1,6 +1,6 @@
 """What re-ranking costs: query latency added by the fusion head, index bytes per image, indexing throughput.
 
-    python scripts/bench_rerank.py --model data/default_model.pt --folder runs/fusion-scenes/images
+    python scripts/bench_rerank.py --model data/scenes.pt --folder runs/fusion-scenes/images
 
 Indexes ``--folder`` twice into fresh indexes under ``--work`` (the model without its head, then with it:
 same CNN pass, plus region codes), then times ``SearchEngine.search`` on one torch thread with ``rerank=0``
@@ -52,7 +52,7 @@ def index(folder: Path, index_dir: Path, model: Path, repeats: int) -> tuple[flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "data" / "default_model.pt")
+    parser.add_argument("--model", type=Path, default=ROOT / "data" / "scenes.pt")
     parser.add_argument("--folder", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_rerank")
     parser.add_argument("--depths", default="20,100,300")

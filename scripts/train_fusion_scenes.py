@@ -1,7 +1,7 @@
 """Train the scenes model's fusion head (re-ranker) and measure both stages on the test scenes.
 
-    python scripts/train_fusion_scenes.py --model data/default_model.pt --out data/default_model.pt
-    python scripts/train_fusion_scenes.py --model data/default_model.pt --eval-only
+    python scripts/train_fusion_scenes.py --model data/scenes.pt --out data/scenes.pt
+    python scripts/train_fusion_scenes.py --model data/scenes.pt --eval-only
 
 The dual encoder is frozen (its stored tensors and identity stay as they are, so indexes built with it stay
 valid); only the head's weights and settings are added to the checkpoint. Scenes are the recipe's (seed 1,
@@ -97,7 +97,7 @@ def measure(model, folder: Path, depths: list[int]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "data" / "default_model.pt")
+    parser.add_argument("--model", type=Path, default=ROOT / "data" / "scenes.pt")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fusion" / "model.pt")
     parser.add_argument("--corpus", type=Path, default=ROOT / "runs" / "fusion-scenes")
     parser.add_argument("--train", type=int, default=8000, help="training scenes (the first N of the recipe's)")

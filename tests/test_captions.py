@@ -122,6 +122,21 @@ def test_flickr_token_file(tmp_path: Path, images: Path):
     assert result.missing == ["gone.jpg"]
 
 
+def test_flickr_split_lists_beside_the_token_file_give_the_splits(tmp_path: Path, images: Path):
+    path = tmp_path / "Flickr8k.token.txt"
+    path.write_text("a.jpg#0\tA red circle .\nb.jpg#0\tA blue square .\nc.jpg#0\tA green star .\n"
+                    "c.jpg.1#0\tThe known quirk : named in no list , not on disk .\n")
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("a.jpg\n")
+    (tmp_path / "Flickr_8k.devImages.txt").write_text("b.jpg\n")
+    (tmp_path / "Flickr_8k.testImages.txt").write_text("c.jpg\n\n")
+    whole = load_captions(path, images)
+    assert {item.image.name: item.split for item in whole.items} == {"a.jpg": "train", "b.jpg": "val", "c.jpg": "test"}
+    for split, name in (("train", "a.jpg"), ("val", "b.jpg"), ("test", "c.jpg")):
+        chosen = load_captions(path, images, split=split)
+        assert [item.image.name for item in chosen.items] == [name]
+        assert chosen.missing == ["c.jpg.1"]  # warned about, whichever split is asked for
+
+
 def test_flickr_line_without_tab_is_reported_with_its_line(tmp_path: Path, images: Path):
     path = tmp_path / "results.token"
     path.write_text("a.jpg#0\tA red circle .\nb.jpg#0 a blue square\n")

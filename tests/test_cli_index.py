@@ -171,3 +171,23 @@ def test_unchanged_reindex_never_imports_torch(image_folder: Path, tiny_model_pa
     refused = index_in_a_new_process()
     assert refused[0] == "exit 1" and refused[1] == "torch imported: True", refused
     assert any("was built with model" in line for line in refused[2:]), refused
+
+
+def test_info_names_the_shipped_model_and_an_index_outlives_its_rename(image_folder: Path, tmp_path: Path) -> None:
+    """An index says which named model made it; one that recorded data/default_model.pt (the scenes model's
+    old name) is still searched with that model."""
+    from indexer import layout
+    from indexer.store import Store
+
+    index_dir = tmp_path / "the-index"
+    assert run("index", image_folder, "--index", index_dir, "--model", "scenes", "-q").exit_code == 0
+    shown = run("info", "--index", index_dir).stdout.replace("trained on", "trained_on").replace("index type", "type")
+    lines = dict(line.split(None, 1) for line in shown.splitlines())
+    assert lines["model"].startswith("scenes, ") and lines["model"].endswith("scenes.pt)")
+    assert lines["trained_on"].startswith("generated scenes")
+    assert lines["recall"] == "text->image R@1/5/10 61.3/92.1/96.9 on 1,000 unseen generated scenes x 5 captions"
+    with Store.open(layout.db_path(index_dir)) as store:
+        store.set_meta(model_path=str(tmp_path / "data" / "default_model.pt"))  # as an older vlsearch recorded it
+    found = run("search", "a red circle", "--index", index_dir, "--json")
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout)["results"]

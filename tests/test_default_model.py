@@ -1,5 +1,5 @@
-"""The shipped default model: it loads from the package, it is good on scenes it has never seen, and the
-demo runs end to end with it."""
+"""The shipped scenes model (the demo's): it loads from the package by name, it is good on scenes it has never
+seen, and the demo runs end to end with it. Named models resolve; an unknown name is one clear error."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,9 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from retrieval.checkpoint import checkpoint_summary, default_model_path, load_model
+from retrieval.checkpoint import checkpoint_summary, load_model
+from retrieval.config import MODELS, resolve_model, shipped_model_path
+from retrieval.errors import ConfigError
 from retrieval.cli import cli
 from retrieval.evaluate import encode_items, encode_texts, evaluate_model
 from retrieval.demo import example_queries, suggested_query
@@ -26,23 +28,34 @@ def fresh_corpus(tmp_path_factory):
     return folder
 
 
-def test_default_model_is_shipped_with_its_metrics():
-    summary = checkpoint_summary()
-    assert default_model_path().name == "default_model.pt"
+def test_scenes_model_is_shipped_with_its_metrics():
+    summary = checkpoint_summary("scenes")
+    assert shipped_model_path("scenes").name == "scenes.pt"
     assert summary["config"]["backbone"] == "resnet18"
-    metrics = json.loads(default_model_path().with_suffix(".json").read_text())
-    assert metrics["model"] == summary["identity"]
+    metrics = json.loads(shipped_model_path("scenes").with_suffix(".json").read_text())
+    assert metrics["model"] == summary["identity"] and metrics["name"] == "scenes"
     assert metrics["test_images"] == 1000
 
 
+def test_named_models_resolve_and_an_unknown_name_lists_the_names(tmp_path):
+    assert resolve_model("scenes") == shipped_model_path("scenes")
+    assert resolve_model("photos") == shipped_model_path("photos")
+    assert resolve_model(str(tmp_path / "mine.pt")) == tmp_path / "mine.pt"  # a file, even one not made yet
+    with pytest.raises(ConfigError, match=r"unknown model 'photo': use one of photos, scenes or a checkpoint file"):
+        resolve_model("photo")
+    assert set(MODELS) == {"photos", "scenes"}
+    result = CliRunner().invoke(cli, ["info", "--model", "sceens"])
+    assert isinstance(result.exception, ConfigError) and "use one of photos, scenes" in str(result.exception)
+
+
 def test_default_model_recall_on_fresh_scenes(fresh_corpus):
-    metrics, _ = evaluate_model(None, fresh_corpus / "captions.jsonl", split="test", device="cpu")
+    metrics, _ = evaluate_model("scenes", fresh_corpus / "captions.jsonl", split="test", device="cpu")
     assert metrics.images == 100 and metrics.captions == 500
     assert metrics.t2i.r10 >= 90.0, metrics.t2i
 
 
 def test_default_model_binds_attributes(fresh_corpus):
-    model = load_model()
+    model = load_model("scenes")
     records = list(load_records(fresh_corpus).values())
     encoded = encode_items(model, [_item(fresh_corpus, r) for r in records])
     probe = attribute_swap_probe(records, encoded.image_vectors, lambda texts: encode_texts(model, texts))
@@ -78,3 +91,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert int(count) == sum(satisfies(meaning, scene) for scene in scenes.values()) >= 1
     again = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--count", "200"])
     assert "unchanged 200" in again.output  # a second run re-embeds nothing
+
+
+def test_photos_model_is_shipped_self_contained_with_its_card():
+    """The photos model loads by name with nothing but the package (no GloVe, no ../shared): its vocabulary
+    reaches beyond Flickr8k's captions, and its card names it and gives its measured recall."""
+    if not shipped_model_path("photos").is_file():
+        pytest.skip("the photos model is not installed")
+    model = load_model("photos", with_image=False)
+    card = json.loads(shipped_model_path("photos").with_suffix(".json").read_text())
+    assert card["model"] == model.identity and card["name"] == "photos" and card["vocabulary"] == len(model.vocab)
+    assert card["recall"]["images"] == 1000 and card["recall"]["t2i"]["r10"] > 44.1  # the frozen-trunk floor
+    assert model.vocab.unknown_words("a canine by a lake with two dogs playing in the snow") == []
+    queries = encode_texts(model, ["two dogs playing in the snow", "a canine playing in the snow",
+                                   "a man riding a surfboard on a wave"])
+    # "canine" is in no Flickr8k caption: its GloVe vector alone puts it near the dogs the model was trained on
+    assert queries[0] @ queries[1] > queries[0] @ queries[2] + 0.2

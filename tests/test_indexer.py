@@ -261,7 +261,7 @@ def test_a_second_indexer_is_refused(built: Path, image_folder: Path, tiny_model
 
 
 def test_missing_default_model_is_a_clear_error(image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("indexer.executor.default_model_path", lambda: Path("/nowhere/default_model.pt"))
+    monkeypatch.setattr("retrieval.config.default_model_path", lambda: Path("/nowhere/default_model.pt"))
     with pytest.raises(CheckpointError, match="no default model is installed yet.*--model"):
         build_index(image_folder)
     assert not (image_folder / ".vlsearch").exists()

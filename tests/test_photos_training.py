@@ -1,0 +1,113 @@
+"""What the photos model is trained with: frozen-trunk features of several augmented views per image computed
+once (and kept on disk), the trunk's last stages trained on cached maps, GloVe word vectors and vocabulary, and
+the pooled text encoder. On the tiny shapes set of test_train.py."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval.checkpoint import load_model
+from retrieval.evaluate import evaluate_model
+from retrieval.features import build_feature_cache
+from retrieval.model import DualEncoder
+from retrieval.tokenizer import Vocabulary
+from retrieval.train import seed_everything, train
+from retrieval.transforms import normalize_uint8
+from test_train import FAST, PER_CLASS, TINY, build_shapes, split_items
+
+FROZEN = replace(TINY, freeze_backbone=True)
+CACHED = replace(FAST, feature_cache=True, cache_views=3, crop_min_scale=0.5, crop_max_aspect=1.33)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_shapes(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLSEARCH_THREADS", "1")
+        yield
+
+
+def _cache(model: DualEncoder, items, views: int, tail: int, folder: Path):  # type: ignore[no-untyped-def]
+    return build_feature_cache(model.image, items, image_size=TINY.image_size, views=views, tail_stages=tail,
+                               prepare=normalize_uint8, device=torch.device("cpu"), dtype=torch.float32,
+                               min_scale=0.5, max_aspect=1.33, flip=True, seed=0, cache_dir=folder)
+
+
+def test_views_are_computed_once_kept_on_disk_and_extended(shapes: Path, tmp_path: Path):
+    items = split_items(shapes, "train", 12)
+    model = DualEncoder(FROZEN, Vocabulary.build(["a"])).eval()
+    two = _cache(model, items, 2, 1, tmp_path)
+    assert two.features.shape[:2] == (12, 2) and two.features.dtype == torch.float16
+    assert not torch.equal(two.features[:, 0], two.features[:, 1])  # view 1 is an augmented crop
+    three = _cache(model, items, 3, 1, tmp_path)  # only the third view is computed
+    assert torch.equal(three.features[:, :2], two.features)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 1
+    pooled = _cache(model, items, 3, 0, tmp_path)  # from the stored maps, through the last stage
+    with torch.inference_mode():
+        expected = model.image.tail_features(three.features[:, 0].float(), 1)
+    assert pooled.features.shape == (12, 3, model.image.feature_dim)
+    torch.testing.assert_close(pooled.features[:, 0].float(), expected, atol=2e-2, rtol=1e-2)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 2
+
+
+def test_cached_views_train_the_last_stage_and_a_second_run_reuses_them(shapes: Path, tmp_path: Path):
+    train_items, val_items = split_items(shapes, "train"), split_items(shapes, "val")
+    config = replace(CACHED, tail_stages=1, feature_cache_dir=str(tmp_path / "cache"), epochs=2)
+    first = train(train_items, val_items, FROZEN, config, tmp_path / "a.pt")
+    stored = sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt"))
+    second = train(train_items, val_items, FROZEN, config, tmp_path / "b.pt")
+    assert first.identity == second.identity  # same views, same draws: the same model
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")) == stored  # nothing recomputed
+    seed_everything(config.seed)  # as train() does before building the model: the same initial trunk
+    fresh, trained = DualEncoder(FROZEN, Vocabulary.build(["a"])).image.trunk, load_model(first.path).image.trunk
+    head = len(trained) - 1
+    assert all(torch.equal(a, b) for a, b in zip(fresh[:head].state_dict().values(),
+                                                 trained[:head].state_dict().values()))  # frozen head
+    assert not all(torch.equal(a, b) for a, b in zip(fresh[head:].parameters(), trained[head:].parameters()))
+    metrics, _ = evaluate_model(first.path, shapes, split="test", device="cpu")
+    assert metrics.t2i.r10 >= 3 * 100 * 10 / (12 * PER_CLASS["test"]), metrics
+
+
+def test_glove_vectors_and_words_are_in_the_checkpoint(shapes: Path, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    words = ["a", "there", "is", "red", "crimson", "circle", "the", "42", "zebra"]
+    vectors = rng.normal(size=(len(words), 8)).astype(np.float32)
+    glove = tmp_path / "glove.txt"
+    glove.write_text("".join(f"{w} {' '.join(f'{v:.5f}' for v in row)}\n" for w, row in zip(words, vectors)))
+    config = replace(FAST, epochs=1, glove=str(glove), glove_words=3, freeze_embeddings=True)
+    result = train(split_items(shapes, "train"), split_items(shapes, "val"), replace(TINY, word_dim=8), config,
+                   tmp_path / "glove.pt")
+    glove.unlink()  # queries never need the GloVe file
+    model = load_model(result.path)
+    assert model.vocab.words[-3:] == ["crimson", "the", "zebra"]  # the 3 most frequent missing ("42": no letters)
+    weight = model.text.embed.weight.detach()
+    for word in ("red", "crimson", "circle"):
+        np.testing.assert_allclose(weight[model.vocab.encode(word)[0]].numpy(), vectors[words.index(word)], atol=1e-4)
+    assert model.vocab.unknown_words("a crimson zebra") == []
+
+
+def test_glove_of_another_size_is_one_clear_error(shapes: Path, tmp_path: Path):
+    from retrieval.errors import ConfigError
+
+    glove = tmp_path / "glove.txt"
+    glove.write_text("red 0.1 0.2\ncircle 0.3 0.4\n")
+    with pytest.raises(ConfigError, match="2-dimensional vectors; set word_dim to 2"):
+        train(split_items(shapes, "train", 4), split_items(shapes, "val", 4), TINY, replace(FAST, glove=str(glove)),
+              tmp_path / "x.pt")
+
+
+def test_the_pooled_text_encoder_learns(shapes: Path, tmp_path: Path):
+    result = train(split_items(shapes, "train"), split_items(shapes, "val"), replace(FROZEN, text_encoder="pool"),
+                   replace(CACHED, epochs=4, lr=5e-3), tmp_path / "pool.pt")
+    model = load_model(result.path)
+    assert not hasattr(model.text, "gru")
+    metrics, _ = evaluate_model(result.path, shapes, split="test", device="cpu")
+    assert metrics.t2i.r10 >= 3 * 100 * 10 / (12 * PER_CLASS["test"]), metrics
