@@ -258,7 +258,7 @@ class DualEncoder(nn.Module):
         if self.image is None:
             raise RuntimeError("this model was loaded without its image branch")
         if self.fusion is None:
-            return self.image(images), None
+            return self.encode_image(images), None
         vectors, trunk_map = self.image.with_map(images)
         return vectors, self.fusion.regions(trunk_map)
 

@@ -26,7 +26,7 @@ from retrieval.device import score_tolerance  # noqa: E402
 from retrieval.search import SearchEngine, results_document  # noqa: E402
 
 CLI_KEYS = {"rank", "id", "path", "abs_path", "score", "width", "height", "format", "size", "mtime_ns", "hash",
-            "indexed_at"}
+            "indexed_at", "stage", "first_score"}
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +277,7 @@ def test_openapi_describes_the_api(client: TestClient) -> None:
     assert set(spec["paths"]) == {"/api/search", "/api/images/{image_id}", "/api/thumbs/{image_id}", "/api/stats",
                                   "/api/reload"}
     get = spec["paths"]["/api/search"]["get"]
-    assert [p["name"] for p in get["parameters"]] == ["q", "k", "min_score", "glob"]
+    assert [p["name"] for p in get["parameters"]] == ["q", "k", "min_score", "glob", "rerank"]
     post = spec["paths"]["/api/search"]["post"]
     assert "multipart/form-data" in post["requestBody"]["content"]
     assert {"400", "413", "422"} <= set(post["responses"])

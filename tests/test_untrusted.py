@@ -104,12 +104,13 @@ def test_the_index_folder_holds_only_sqlite_and_faiss_files(index: Path) -> None
 
 
 def test_the_database_holds_no_serialised_objects(index: Path) -> None:
-    """Only the vectors table holds blobs, each exactly D float32; every meta value is JSON."""
+    """Only the vectors table holds blobs (the regions table too, for a model with a fusion head: this one has
+    none), each exactly D float32; every meta value is JSON."""
     with sqlite3.connect(index / "index.db") as conn:
         objects = conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
                                "ORDER BY name").fetchall()
         assert objects == [("table", "errors"), ("table", "images"), ("index", "images_hash"), ("table", "meta"),
-                           ("table", "vectors")]  # no trigger, no view
+                           ("table", "regions"), ("table", "vectors")]  # no trigger, no view
         dim = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0])
         blobs = []
         for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
