@@ -27,7 +27,7 @@ from retrieval.errors import ConfigError
 from retrieval.evaluate import EvalResult, encode_texts, folded_metrics, t2i_ranks
 from retrieval.fusion import FusionHead
 from retrieval.model import DualEncoder, _trunk_channels
-from retrieval.transforms import normalize_uint8
+from retrieval.transforms import prepare_batch
 
 EVAL_RERANK = 20  # validation re-ranks each caption's top 20 (cheap; search defaults to more)
 
@@ -58,12 +58,15 @@ def encode_maps(model: DualEncoder, items: Sequence[ImageCaptions], batch_size: 
     decoded, in order) and the rows that failed."""
     pixels, failed = cache_images(items, model.config.image_size)
     if failed:
-        pixels = pixels[[i for i in range(len(items)) if i not in set(failed)]]
+        dropped = set(failed)
+        pixels = pixels[[i for i in range(len(items)) if i not in dropped]]
     vectors, maps = [], []
     model.image.eval()
+    device = next(model.image.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
-            batch = normalize_uint8(pixels[start:start + batch_size]).contiguous(memory_format=torch.channels_last)
+            batch = prepare_batch(pixels[start:start + batch_size], device, model.config.input_mean,
+                                  model.config.input_std)
             vector, trunk_map = model.image.with_map(batch)
             vectors.append(vector.float())
             maps.append(trunk_map.half().contiguous())
