@@ -50,7 +50,7 @@ def models(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     config = TrainConfig(epochs=4, batch_size=50, lr=2e-3, augment=False, warmup_epochs=0.5, workers=0,
                          device="cpu", precision="fp32", seed=0, captions_per_image=2)
     train(split(scenes, "train", False), split(scenes, "val", False), MODEL, config, out / "dual.pt")
-    head_config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=0, fusion_negatives=7)
+    head_config = TrainConfig(epochs=10, batch_size=32, lr=3e-3, seed=0, fusion_negatives=7)
     train_fusion(load_model(out / "dual.pt"), split(scenes, "train", True), split(scenes, "val", False), FUSED,
                  head_config, out / "fused.pt", base=out / "dual.pt")
     return out / "dual.pt", out / "fused.pt"
