@@ -1,14 +1,16 @@
-"""vlsearch's indexer: turn a folder of images into a searchable index (SQLite + FAISS).
+"""vlsearch's index layer: a folder of images -> an index on disk (SQLite + FAISS), and that index read back.
 
-One module per stage: scan (walk), decode (pixels; it lives in retrieval.decode, shared with training), embed
-(CNN), store (all SQL), vectors (all FAISS), layout (the index directory), lock, pipeline (build_index), info,
-cli. Heavy modules (torch, faiss) are imported lazily, so ``import indexer`` stays instant.
+It sits between the model core (``retrieval.core``, which it imports) and the application (``retrieval.app``,
+which imports it). One module per stage: scan (walk), embed (CNN; decoding is ``retrieval.core.decode``,
+shared with training), store (all SQL), vectors (all FAISS), index (one index on disk: discovery, meta,
+freshness of the vectors), lock, executor (local threads or Ray) and pipeline (build_index), info.
+Heavy modules (torch, faiss) are imported lazily, so ``import indexer`` stays instant.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from retrieval._lazy import lazy_attributes
+from retrieval.core._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from indexer.info import IndexInfo, index_info

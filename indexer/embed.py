@@ -19,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported at the first batch: an index run with nothing to embed never loads it
     import torch
 
-    from retrieval.model import DualEncoder
+    from retrieval.core.model import DualEncoder
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ModelHeader:
     @classmethod
     def read(cls, path: str | os.PathLike) -> "ModelHeader":
         """From the checkpoint file (its tensors are memory-mapped, not read)."""
-        from retrieval.checkpoint import checkpoint_summary
+        from retrieval.core.checkpoint import checkpoint_summary
 
         summary = checkpoint_summary(path)
         return cls(summary["identity"], int(summary["config"]["embed_dim"]), int(summary["config"]["image_size"]),
@@ -64,21 +64,21 @@ class ImageEmbedder:
 
     @cached_property
     def device(self) -> torch.device:
-        from retrieval.device import resolve_device
+        from retrieval.core.device import resolve_device
 
         option = self._device_option
         return option if not isinstance(option, str) else resolve_device(option)
 
     @cached_property
     def dtype(self) -> torch.dtype:
-        from retrieval.device import resolve_precision
+        from retrieval.core.device import resolve_precision
 
         return resolve_precision(self._precision, self.device)
 
     def _prepare(self, model: DualEncoder) -> None:
         import torch
 
-        from retrieval.device import set_threads
+        from retrieval.core.device import set_threads
 
         if self.threads:
             set_threads(self.threads)
@@ -89,8 +89,8 @@ class ImageEmbedder:
     def model(self) -> DualEncoder:
         """The model on its device, in eval mode and channels_last (loaded from the checkpoint at first use)."""
         if self._model is None:
-            from retrieval.checkpoint import load_model
-            from retrieval.errors import CheckpointError
+            from retrieval.core.checkpoint import load_model
+            from retrieval.core.errors import CheckpointError
 
             model = load_model(self.path, device=self.device)
             if model.identity != self.identity:
@@ -107,8 +107,8 @@ class ImageEmbedder:
         a head), from the same trunk pass."""
         import torch
 
-        from retrieval.device import autocast, unit_vectors
-        from retrieval.transforms import prepare_batch
+        from retrieval.core.device import autocast, unit_vectors
+        from retrieval.core.transforms import prepare_batch
 
         model = self.model
         if self.device.type == "cuda":
@@ -118,7 +118,7 @@ class ImageEmbedder:
             with autocast(self.device, self.dtype):
                 vectors, regions = model.encode_image_regions(batch)  # [B, D], [B, R, d] or None
             if regions is not None:
-                from retrieval.fusion import quantize_regions
+                from retrieval.core.fusion import quantize_regions
 
                 regions = quantize_regions(unit_vectors(regions)).cpu().numpy()
             return unit_vectors(vectors).cpu().numpy(), regions

@@ -15,19 +15,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from indexer import layout
-from retrieval.decode import Decoder, DecodeError, ImageInfo, probe
+from indexer.index import Index, db_path
+from retrieval.core.decode import Decoder, ImageInfo, probe
 from indexer.embed import ModelHeader
 from indexer.scan import SNIFF_BYTES, FileEntry, content_hash, sniff
-from indexer.store import Store
-from retrieval.config import resolve_model as resolve_model_path
-from retrieval.errors import CheckpointError, IndexStoreError, VlsearchError
+from retrieval.core.config import resolve_model as resolve_model_path
+from retrieval.core.errors import CheckpointError, IndexStoreError, VlsearchError, DecodeError
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from retrieval.model import DualEncoder
+    from retrieval.core.model import DualEncoder
 
 ENGINES = ("local", "ray")
 
@@ -148,7 +147,7 @@ def _fusion_identity(model: DualEncoder) -> str:
     if not model.fusion_identity:
         from dataclasses import asdict
 
-        from retrieval.checkpoint import fusion_identity
+        from retrieval.core.checkpoint import fusion_identity
 
         model.fusion_identity = fusion_identity(asdict(model.config), model.state_dict())
     return model.fusion_identity
@@ -156,16 +155,16 @@ def _fusion_identity(model: DualEncoder) -> str:
 
 def _recorded_header(index_dir: Path, model_path: str, model_stat: str) -> ModelHeader | None:
     """The model's header as the index recorded it, if it recorded this very file (same size and mtime)."""
-    if not layout.db_path(index_dir).is_file():
+    if not db_path(index_dir).is_file():
         return None
     try:
-        with Store.open(layout.db_path(index_dir), readonly=True) as store:
-            meta = store.meta()
+        with Index.open(index_dir) as index:
+            meta = index.meta
     except IndexStoreError:
         return None  # opened for writing next, which reports what is wrong
-    if meta.get("model_path") != model_path or meta.get("model_stat") != model_stat:
+    if meta.model_path != model_path or meta.model_stat != model_stat:
         return None
-    return ModelHeader(meta["model"], int(meta["dim"]), int(meta["image_size"]), meta.get("fusion") or "")
+    return ModelHeader(meta.model, meta.dim, meta.image_size, meta.fusion)
 
 
 @dataclass

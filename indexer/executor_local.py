@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from retrieval.decode import Decoder
+from retrieval.core.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.executor import Job, ModelRef, Prepared, prepare
 

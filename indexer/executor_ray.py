@@ -23,10 +23,10 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from retrieval.decode import Decoder, ImageInfo
+from retrieval.core.decode import Decoder, ImageInfo
 from indexer.executor import Job, ModelRef, Prepared, RayOptions, decode, prepare, read
 from indexer.scan import FileEntry
-from retrieval.errors import VlsearchError
+from retrieval.core.errors import RayError, VlsearchError
 
 try:
     import ray
@@ -40,9 +40,6 @@ IN_FLIGHT = 2  # batches per actor: one running, one waiting (hides the round tr
 START_TIMEOUT_S = 300.0  # no actor started by then: the cluster lacks the resources asked for
 START_GRACE_S = 30.0  # batches are dealt once every actor has started, or this long after the first did
 
-
-class RayError(VlsearchError):
-    """Ray is missing, the cluster cannot be reached, or no worker could run."""
 
 
 def require_ray() -> None:

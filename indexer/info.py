@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from indexer import layout
-from indexer.store import Store
-from retrieval.config import model_card
+from indexer.index import Index, find_index
+from retrieval.core.config import model_card
 
 CARD_KEYS = ("name", "trained_on", "recall_on", "recall", "vocabulary")  # what info shows of a model's card
 
@@ -41,18 +39,16 @@ class IndexInfo:
         return asdict(self)
 
 
-def index_info(index_dir: str | os.PathLike) -> IndexInfo:
-    """Describe the index at ``index_dir`` (or at ``index_dir/.vlsearch``) without changing it."""
-    index_dir = layout.find_index_dir(index_dir)
-    with Store.open(layout.db_path(index_dir), readonly=True) as store, store.snapshot():
-        meta, images, errors = store.meta(), store.count(), store.error_count()
-    size = sum(path.stat().st_size for path in Path(index_dir).iterdir() if path.is_file())
-    return IndexInfo(
-        index_dir=str(Path(index_dir).resolve()), root=str(layout.resolve_root(index_dir, meta.get("root"))),
-        images=images, errors=errors, model=meta.get("model") or "", model_path=meta.get("model_path"),
-        model_card=_card(meta.get("model") or "", meta.get("model_path")),
-        dim=int(meta.get("dim") or 0), index_type=meta.get("index_type") or "",
-        index_type_option=meta.get("index_type_option") or "auto",
-        vectors_current=layout.faiss_path(index_dir, int(meta.get("generation") or 0)).is_file(),
-        size_bytes=size, created_at=meta.get("created_at") or "", updated_at=meta.get("updated_at") or "",
-        generation=int(meta.get("generation") or 0), schema_version=int(meta.get("schema_version") or 0))
+def index_info(index_dir: str | os.PathLike | None = None) -> IndexInfo:
+    """Describe an index without changing it: ``index_dir`` (an index or a folder holding one), else the one
+    :func:`~indexer.index.find_index` finds ($VLSEARCH_INDEX, the current folder or a parent)."""
+    with Index.open(find_index(index_dir)) as index:
+        with index.store.snapshot():
+            meta, images, errors = index.meta, index.store.count(), index.store.error_count()
+        return IndexInfo(
+            index_dir=str(index.path.resolve()), root=str(index.root(meta)), images=images, errors=errors,
+            model=meta.model, model_path=meta.model_path, model_card=_card(meta.model, meta.model_path),
+            dim=meta.dim, index_type=meta.index_type, index_type_option=meta.index_type_option or "auto",
+            vectors_current=index.vectors_current(meta), size_bytes=index.size_bytes(),
+            created_at=meta.created_at, updated_at=meta.updated_at, generation=meta.generation,
+            schema_version=meta.schema_version)

@@ -11,16 +11,13 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
-from retrieval.errors import IndexStoreError
+from retrieval.core.errors import IndexLockedError, IndexStoreError
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-
-class IndexLockedError(IndexStoreError):
-    """Another process is updating this index."""
 
 
 def _pid_alive(pid: int) -> bool:

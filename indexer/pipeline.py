@@ -24,16 +24,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from indexer import layout, vectors
+from indexer import vectors
+from indexer.index import Index, default_index_dir, lock_path
 from indexer.executor import Job, ModelRef, Prepared, RayOptions, make_executor, prepare, resolve_model
 from indexer.executor_local import in_order
 from indexer.lock import IndexLock
 from indexer.scan import FileEntry, scan
-from indexer.store import ErrorRow, ImageRow, Store
-from retrieval.errors import IndexStoreError
+from indexer.store import ErrorRow, ImageRow
+from retrieval.core.errors import IndexStoreError
 
 if TYPE_CHECKING:
-    from retrieval.model import DualEncoder
+    from retrieval.core.model import DualEncoder
 
 __all__ = ["IndexSummary", "Progress", "Plan", "plan", "build_index", "Job", "Prepared", "prepare", "in_order"]
 ROWS_PER_COMMIT = 1024  # also commit this often when files need no CNN (a renamed folder, many failures)
@@ -113,15 +114,15 @@ def plan(entries: Iterable[FileEntry], indexed: dict[str, tuple[int, int, int, s
 class _Run:
     """The state of one indexing run: the open batch, the FAISS index in memory and the counts."""
 
-    def __init__(self, store: Store, dim: int, index_dir: Path, batch_size: int, todo: Plan, regions: bool = False):
-        self.store, self.dim, self.index_dir, self.batch_size = store, dim, index_dir, batch_size
+    def __init__(self, index: Index, dim: int, batch_size: int, todo: Plan, regions: bool = False):
+        self.index, self.store, self.dim, self.batch_size = index, index.store, dim, batch_size
         self.keep_regions = regions  # the model has a fusion head: store each new vector's region codes
         self._vector_index: Any = _UNLOADED  # loaded before the first change; None: rebuild at the end
-        self.start_generation = store.generation
-        self.summary = IndexSummary(index_dir=index_dir, unchanged=todo.unchanged, failed=len(todo.known_failures),
+        self.start_generation = self.store.generation
+        self.summary = IndexSummary(index_dir=index.path, unchanged=todo.unchanged, failed=len(todo.known_failures),
                                     failures=list(todo.known_failures))
         # read by the executor; only grows during a run (so a hash seen there has a stored vector)
-        self.known_hashes = store.hashes() if todo.work else set()
+        self.known_hashes = self.store.hashes() if todo.work else set()
         self.gone: dict[str, int] = {}  # path -> id of indexed files found gone while reading
         self._clear()
 
@@ -164,7 +165,7 @@ class _Run:
     def _load_vectors(self) -> Any:
         """The saved FAISS index if it matches SQLite; called before the first change (after it, it cannot)."""
         if self._vector_index is _UNLOADED:
-            self._vector_index = layout.load_current_vectors(self.index_dir, self.store)
+            self._vector_index = self.index.saved_vectors()
         return self._vector_index
 
     def commit(self) -> None:
@@ -217,46 +218,44 @@ class _Run:
 
     def finish_vectors(self, option: str) -> None:
         """Make the saved FAISS index match SQLite: save it if it changed, rebuild it if needed or its type changes."""
-        count, meta = self.store.count(), self.store.meta()
+        count, meta = self.store.count(), self.index.meta
         factory = vectors.resolve_index_type(option, count, self.dim)
         self.summary.total, self.summary.index_type = count, factory
-        if meta.get("index_type_option") != option:
+        if meta.index_type_option != option:
             self.store.set_meta(index_type_option=option)
-        if meta.get("index_type") != factory:
-            index = layout.rebuild_vectors(self.store, factory)
-        elif self.store.generation == self.start_generation and layout.saved_vectors_current(self.index_dir,
-                                                                                            self.store):
+        if meta.index_type != factory:
+            index = self.index.rebuild_vectors(factory)
+        elif meta.generation == self.start_generation and self.index.vectors_current(meta):
             return  # nothing changed and the saved file is current (an unchanged run never loads FAISS)
         else:
-            index = self._load_vectors() or layout.rebuild_vectors(self.store, factory)
-        layout.save_vectors(self.index_dir, index, self.store, factory)
+            index = self._load_vectors() or self.index.rebuild_vectors(factory)
+        self.index.save_vectors(index, factory)
 
 
-def _open_index(store: Store, model: ModelRef, folder: Path, index_dir: Path, rebuild: bool,
-                index_type: str | None) -> str:
+def _open_index(index: Index, model: ModelRef, folder: Path, rebuild: bool, index_type: str | None) -> str:
     """Check the index fits this model and folder (or reset it for a rebuild); returns the index-type option."""
-    meta, header = store.meta(), model.header
+    store, meta, header = index.store, index.meta, model.header
     model_path, model_stat = model.recorded_path, model.recorded_stat
     if not rebuild:
         store.check_model(header.identity, model_path)
-        recorded = layout.resolve_root(index_dir, meta.get("root"))
-        if meta.get("root") and store.count() and recorded != folder.resolve():
-            raise IndexStoreError(f"the index {index_dir} holds the folder {recorded}, not {folder}; pass --rebuild "
+        recorded = index.root(meta)
+        if meta.root and store.count() and recorded != folder.resolve():
+            raise IndexStoreError(f"the index {index.path} holds the folder {recorded}, not {folder}; pass --rebuild "
                                   "to re-index it for this folder, or --index DIR for a separate index")
-    option = index_type or meta.get("index_type_option") or "auto"
+    option = index_type or meta.index_type_option or "auto"
     vectors.resolve_index_type(option, 0, header.dim)  # a bad factory string fails before any work
     if rebuild:
         with store.write():
             store.reset()
-    if (meta.get("fusion") or "") != header.fusion:  # regions of another head (or none) mean nothing to this one
+    if meta.fusion != header.fusion:  # regions of another head (or none) mean nothing to this one
         with store.write():
             store.clear_regions()  # before the meta names the new head: a crash between leaves no stale regions
         store.set_meta(fusion=header.fusion)
-    if model_path is None and meta.get("model") == header.identity:
+    if model_path is None and meta.model == header.identity:
         # a model passed in loaded: keep the path recorded for it
-        model_path, model_stat = meta.get("model_path"), meta.get("model_stat")
+        model_path, model_stat = meta.model_path, meta.model_stat
     store.set_meta(model=header.identity, model_path=model_path, model_stat=model_stat, dim=header.dim,
-                   image_size=header.image_size, root=layout.root_for_meta(folder, index_dir))
+                   image_size=header.image_size, root=index.root_for_meta(folder))
     return option
 
 
@@ -279,16 +278,16 @@ def build_index(folder: str | os.PathLike, index_dir: str | os.PathLike | None =
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise IndexStoreError(f"{folder}: not a folder")
-    index_dir = Path(index_dir).expanduser() if index_dir is not None else layout.default_index_dir(folder)
+    index_dir = Path(index_dir).expanduser() if index_dir is not None else default_index_dir(folder)
     if engine == "ray":  # a missing Ray fails before the index is touched
         from indexer.executor_ray import require_ray
 
         require_ray()
     model_ref = resolve_model(model, index_dir)
-    with IndexLock(layout.lock_path(index_dir)), Store.open(layout.db_path(index_dir)) as store:
-        option = _open_index(store, model_ref, folder, index_dir, rebuild, index_type)
-        todo = plan(scan(folder, skip=[index_dir]), store.file_stats(), store.error_stats())
-        run = _Run(store, model_ref.header.dim, index_dir, batch_size, todo, bool(model_ref.header.fusion))
+    with IndexLock(lock_path(index_dir)), Index.open(index_dir, readonly=False) as index:
+        option = _open_index(index, model_ref, folder, rebuild, index_type)
+        todo = plan(scan(folder, skip=[index_dir]), index.store.file_stats(), index.store.error_stats())
+        run = _Run(index, model_ref.header.dim, batch_size, todo, bool(model_ref.header.fusion))
         if progress:
             progress(Progress(0, len(todo.work), 0, time.perf_counter() - started))
         if todo.work:  # an unchanged re-index starts no executor (and so never loads torch or Ray)

@@ -8,8 +8,7 @@ Tables
     regions  hash -> int8 BLOB [R, d]: the fusion head's region vectors of that content (re-ranking), for
              models with a head; meta ``fusion`` names the head they came from (none: the table is empty)
     errors   path, message, time, size, mtime_ns: files that could not be read (retried once they change)
-    meta     key -> JSON value: schema_version, model, model_path, dim, index_type, index_type_option,
-             root, generation, created_at, updated_at
+    meta     key -> JSON value: the fields of :class:`IndexMeta`
 
 Writes to images and vectors happen inside :meth:`Store.write`, one transaction that also bumps
 ``generation``: a FAISS file saved for generation G is current exactly while the stored generation is G.
@@ -21,7 +20,7 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -29,7 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from sqlite_utils import Database
 
-from retrieval.errors import IndexStoreError, QueryError
+from retrieval.core.errors import IndexStoreError, ModelMismatchError, QueryError
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -63,9 +62,6 @@ _READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.S
                            sqlite3.SQLITE_RECURSIVE, sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT})
 _UNSAFE_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"})
 
-
-class ModelMismatchError(IndexStoreError):
-    """The index was built with another model than the one given."""
 
 
 @dataclass
@@ -125,6 +121,67 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start:start + _CHUNK]
 
 
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection that sees every committed transaction, also after a writer was killed.
+
+    A killed writer can leave a WAL whose shared-memory index must be rebuilt before anyone reads it, which a
+    read-only connection may not do ("attempt to write a readonly database"): a plain connection rebuilds it
+    first (it changes no data). Only in a folder we cannot write is the database read as an immutable snapshot
+    (without the WAL: consistent, possibly older)."""
+    uri = path.resolve().as_uri()
+
+    def connect(mode: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(f"{uri}?mode={mode}", uri=True, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    try:
+        return connect("ro")
+    except sqlite3.OperationalError:
+        pass
+    if os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
+        try:
+            connect("rw").close()  # recovers the WAL index
+            return connect("ro")
+        except sqlite3.OperationalError:
+            pass
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """The ``meta`` table, typed: the one place that knows its keys (an absent key reads as its default)."""
+
+    schema_version: int = 0
+    generation: int = 0  # bumped by every write of images/vectors: the FAISS file of generation G is current
+    created_at: str = ""
+    updated_at: str = ""  # last change to the indexed images
+    model: str = ""  # identity of the model that built the index
+    model_path: str | None = None
+    model_stat: str | None = None  # size and mtime of model_path when recorded (its header can be reused)
+    dim: int = 0
+    image_size: int = 0
+    fusion: str = ""  # identity of the fusion head whose regions the index stores ("" none)
+    root: str | None = None  # the indexed folder, relative to the index directory when inside it
+    index_type: str = ""  # FAISS factory string of the saved index
+    index_type_option: str = ""  # what was asked for: auto, flat, hnsw, ivf or a factory string
+    faiss_bytes: int | None = None  # size of the saved FAISS file of this generation
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[str, str]]) -> "IndexMeta":
+        """From (key, JSON value) rows; keys this version does not know are ignored."""
+        values = {key: json.loads(value) for key, value in rows if key in META_KEYS}
+        return cls(**{key: value for key, value in values.items() if value is not None})
+
+
+META_KEYS = frozenset(f.name for f in fields(IndexMeta))
+
+
 class Store:
     """An index's SQLite database. Open with :meth:`open`; use as a context manager to close it."""
 
@@ -143,7 +200,7 @@ class Store:
         if readonly:
             if not path.is_file():
                 raise IndexStoreError(f"{path}: no index database here; build one with `vlsearch index FOLDER`")
-            conn = cls._connect_readonly(path)
+            conn = connect_readonly(path)
             store = cls(Database(conn), path, readonly=True)
             conn.set_authorizer(_read_only)  # after sqlite-utils has set its pragmas
             if hasattr(conn, "setlimit"):  # Python 3.11+
@@ -161,16 +218,6 @@ class Store:
         store._migrate()
         return store
 
-    @staticmethod
-    def _connect_readonly(path: Path) -> sqlite3.Connection:
-        uri = path.resolve().as_uri()
-        try:
-            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return conn
-        except sqlite3.OperationalError:  # a WAL database in a read-only folder: read it as a snapshot
-            return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
 
     def close(self) -> None:
         self.db.close()
@@ -224,12 +271,15 @@ class Store:
 
     # -- meta ----------------------------------------------------------------------------------------------
 
-    def meta(self) -> dict[str, Any]:
-        """All meta keys and their values."""
-        return {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM meta")}
+    def meta(self) -> "IndexMeta":
+        """The meta table, typed (:class:`IndexMeta`)."""
+        return IndexMeta.from_rows(self.db.execute("SELECT key, value FROM meta"))
 
     def set_meta(self, **values: Any) -> None:
-        """Set meta keys (does not count as a change of the vectors)."""
+        """Set meta keys, each a field of :class:`IndexMeta` (does not count as a change of the vectors)."""
+        unknown = set(values) - META_KEYS
+        if unknown:
+            raise TypeError(f"not meta keys: {', '.join(sorted(unknown))}")
         with self._writing_errors(), self.db.atomic():
             self._put_meta(**values)
 
@@ -246,13 +296,13 @@ class Store:
     def check_model(self, identity: str, model_path: str | None = None) -> None:
         """Refuse a model other than the one the index was built with, naming both."""
         meta = self.meta()
-        built_with = meta.get("model")
-        if built_with is None or built_with == identity:
+        built_with = meta.model
+        if not built_with or built_with == identity:
             return
         def describe(ident: str, path: str | None) -> str:
             return f"{ident} ({path})" if path else ident
         raise ModelMismatchError(
-            f"the index {self.path.parent} was built with model {describe(built_with, meta.get('model_path'))}, "
+            f"the index {self.path.parent} was built with model {describe(built_with, meta.model_path)}, "
             f"not with model {describe(identity, model_path)}; use the model it was built with, or re-index "
             "the folder with `vlsearch index FOLDER --rebuild` (and that model)")
 
@@ -315,7 +365,7 @@ class Store:
 
     def vectors(self, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids [N] int64, vectors [N, D] float32) of all images, or of ``ids``; sorted by id."""
-        dim = int(self.meta().get("dim") or 0)
+        dim = self.meta().dim
         base = "SELECT images.id, vectors.vector FROM images JOIN vectors ON vectors.hash = images.hash"
         if ids is None:
             total = self.count()

@@ -13,7 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval.errors import ConfigError, IndexStoreError
+from retrieval.core.errors import ConfigError, IndexStoreError
 
 # Measured with scripts/bench_query.py, one query on one core (BENCHMARKS.md, "Query latency and index types").
 FLAT_LIMIT = 25_000  # exact search up to here at D=256 (p50 2.0 ms; 1.6 ms at 20k, 2.7 at 30k); scaled by 256 / D

@@ -7,24 +7,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from retrieval._lazy import lazy_attributes
+from retrieval.core._lazy import lazy_attributes
 
 from retrieval._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
-    from retrieval.checkpoint import load_model, save_checkpoint
-    from retrieval.config import ModelConfig, TrainConfig
-    from retrieval.model import DualEncoder
-    from retrieval.search import Hit, SearchEngine
+    from retrieval.core.checkpoint import load_model, save_checkpoint
+    from retrieval.core.config import ModelConfig, TrainConfig
+    from retrieval.core.model import DualEncoder
+    from retrieval.app.search import Hit, SearchEngine
 
 _LAZY = {
-    "SearchEngine": "retrieval.search",
-    "Hit": "retrieval.search",
-    "DualEncoder": "retrieval.model",
-    "load_model": "retrieval.checkpoint",
-    "save_checkpoint": "retrieval.checkpoint",
-    "ModelConfig": "retrieval.config",
-    "TrainConfig": "retrieval.config",
+    "SearchEngine": "retrieval.app.search",
+    "Hit": "retrieval.app.search",
+    "DualEncoder": "retrieval.core.model",
+    "load_model": "retrieval.core.checkpoint",
+    "save_checkpoint": "retrieval.core.checkpoint",
+    "ModelConfig": "retrieval.core.config",
+    "TrainConfig": "retrieval.core.config",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -31,15 +31,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from benchlib import load, machine_line, table, verdict
-from retrieval.decode import Decoder
+from retrieval.core.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import Job, build_index, in_order, prepare
 from indexer.scan import scan
-from retrieval.checkpoint import default_model_path, load_model
-from retrieval.config import ModelConfig
-from retrieval.device import resolve_device, set_threads
-from retrieval.model import DualEncoder
-from retrieval.tokenizer import Vocabulary
+from retrieval.core.checkpoint import default_model_path, load_model
+from retrieval.core.config import ModelConfig
+from retrieval.core.device import resolve_device, set_threads
+from retrieval.core.model import DualEncoder
+from retrieval.core.tokenizer import Vocabulary
 
 # the shipped default model's shape (scripts/train_default.py), a random stand-in until it exists
 DEFAULT_SHAPE = ModelConfig(backbone="resnet18", image_size=64, pool="grid2", embed_dim=256, word_dim=128,

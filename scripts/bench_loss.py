@@ -13,10 +13,10 @@ import argparse
 import time
 from pathlib import Path
 
-from retrieval.captions import ImageCaptions
-from retrieval.config import ModelConfig, TrainConfig
-from retrieval.scenes.corpus import export_corpus, load_records
-from retrieval.train import EpochEvent, train
+from retrieval.core.captions import ImageCaptions
+from retrieval.core.config import ModelConfig, TrainConfig
+from retrieval.core.scenes.corpus import export_corpus, load_records
+from retrieval.core.train import EpochEvent, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(backbone="resnet18", image_size=64, pool="grid2", embed_dim=256, word_dim=128, hidden_size=256)

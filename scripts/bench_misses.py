@@ -4,7 +4,7 @@
     python scripts/bench_misses.py --corpus runs/default/corpus --model runs/other.pt
 
 Prints R@10 by the number of objects in the scene (and how many of them a caption names) and by template
-(the grammar in ``retrieval.scenes.captions``), the attribute-swap probe by kind of swap, and two ceilings
+(the grammar in ``retrieval.core.scenes.captions``), the attribute-swap probe by kind of swap, and two ceilings
 from the scene graphs: R@10 of a model that ranks every scene satisfying a caption above the rest, in
 random order among them (it cannot tell which template a caption came from), and the same among scenes
 with the caption's own object count (it can).
@@ -22,15 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib import machine_line, table  # noqa: E402
-from retrieval.captions import ImageCaptions  # noqa: E402
-from retrieval.checkpoint import load_model  # noqa: E402
-from retrieval.config import default_model_path  # noqa: E402
-from retrieval.errors import CaptionsError  # noqa: E402
-from retrieval.evaluate import encode_items, encode_texts, t2i_ranks  # noqa: E402
-from retrieval.scenes.captions import SWAP_KINDS  # noqa: E402
-from retrieval.scenes.corpus import load_records  # noqa: E402
-from retrieval.scenes.quality import attribute_swap_probe  # noqa: E402
-from retrieval.scenes.scene import satisfies  # noqa: E402
+from retrieval.core.captions import ImageCaptions  # noqa: E402
+from retrieval.core.checkpoint import load_model  # noqa: E402
+from retrieval.core.config import default_model_path  # noqa: E402
+from retrieval.core.errors import CaptionsError  # noqa: E402
+from retrieval.core.evaluate import encode_items, encode_texts, t2i_ranks  # noqa: E402
+from retrieval.core.scenes.captions import SWAP_KINDS  # noqa: E402
+from retrieval.core.scenes.corpus import load_records  # noqa: E402
+from retrieval.core.scenes.quality import attribute_swap_probe  # noqa: E402
+from retrieval.core.scenes.scene import satisfies  # noqa: E402
 
 
 def main() -> int:

@@ -39,11 +39,11 @@ import numpy as np
 from benchlib import machine_line, ms, table, timed
 from indexer import vectors
 from indexer.pipeline import build_index
-from retrieval.checkpoint import default_model_path, read_checkpoint, save_checkpoint
-from retrieval.config import ModelConfig
-from retrieval.scenes.captions import query_set
-from retrieval.scenes.corpus import generate_folder
-from retrieval.search import SearchEngine
+from retrieval.core.checkpoint import default_model_path, read_checkpoint, save_checkpoint
+from retrieval.core.config import ModelConfig
+from retrieval.core.scenes.captions import query_set
+from retrieval.core.scenes.corpus import generate_folder
+from retrieval.app.search import SearchEngine
 
 # the shipped default model's shape (data/scenes.recipe.json, without drop_stages), for the random stand-in
 STAND_IN = ModelConfig(backbone="resnet18", image_size=64, pool="grid2", embed_dim=256, word_dim=128, hidden_size=256)
@@ -64,8 +64,8 @@ def pick_model(asked: Path | None, work: Path) -> tuple[Path, bool]:
         return default_model_path(), True
     import torch
 
-    from retrieval.model import DualEncoder
-    from retrieval.tokenizer import Vocabulary
+    from retrieval.core.model import DualEncoder
+    from retrieval.core.tokenizer import Vocabulary
 
     print(f"note: no default model at {default_model_path()}; using an UNTRAINED stand-in of the default's shape "
           f"({STAND_IN.backbone}, {STAND_IN.image_size} px, D={STAND_IN.embed_dim}). Latencies are representative; "
@@ -123,7 +123,7 @@ def bench_warm(folder: Path, queries: list[str]) -> None:
 
 def bench_cold(folder: Path, runs: int) -> None:
     script = Path(sys.executable).with_name("vlsearch")
-    entry = [str(script)] if script.is_file() else [sys.executable, "-c", "from retrieval.cli import main; main()"]
+    entry = [str(script)] if script.is_file() else [sys.executable, "-c", "from retrieval.app.cli import main; main()"]
     commands = {
         'python -c "import torch, faiss"': [sys.executable, "-c", "import torch, faiss"],
         "vlsearch search QUERY --index DIR": [*entry, "search", "a red circle", "--index", str(folder)],

@@ -29,8 +29,8 @@ from bench_index import models, photo_folder
 from benchlib import load, machine_line, table
 from indexer.executor import RayOptions
 from indexer.pipeline import Progress, build_index
-from retrieval.checkpoint import save_checkpoint
-from retrieval.device import set_threads
+from retrieval.core.checkpoint import save_checkpoint
+from retrieval.core.device import set_threads
 
 PORT = 6379  # inside the namespace
 

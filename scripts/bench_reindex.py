@@ -67,11 +67,11 @@ def vm_rss_mib() -> float:
 
 def child(folder: Path, index_dir: Path, model: str | None) -> None:
     """One indexing run in this process; prints a JSON line with its times and memory."""
-    from indexer.layout import db_path, faiss_files
+    from indexer.index import db_path, faiss_files
     from indexer.pipeline import build_index
     from indexer.scan import scan
     from indexer.store import Store
-    from retrieval.device import set_threads
+    from retrieval.core.device import set_threads
 
     set_threads()
     before = vm_rss_mib()  # python, torch, faiss, numpy imported; no model yet
@@ -84,7 +84,7 @@ def child(folder: Path, index_dir: Path, model: str | None) -> None:
         start = time.perf_counter()
         stats = len(store.file_stats())
         stats_s = time.perf_counter() - start
-        dim = int(store.meta()["dim"])
+        dim = int(store.meta().dim)
     faiss_bytes = sum(path.stat().st_size for path in faiss_files(index_dir).values())
     print(json.dumps(dict(line=summary.line(), embedded=summary.embedded, unchanged=summary.unchanged,
                           total=summary.total, seconds=summary.seconds, index_type=summary.index_type,
@@ -100,7 +100,7 @@ def run_child(folder: Path, index_dir: Path, model: str | None) -> dict:
 
 def cli_seconds(folder: Path, index_dir: Path, model: str | None) -> float:
     script = Path(sys.executable).with_name("vlsearch")
-    entry = [str(script)] if script.is_file() else [sys.executable, "-c", "from retrieval.cli import main; main()"]
+    entry = [str(script)] if script.is_file() else [sys.executable, "-c", "from retrieval.app.cli import main; main()"]
     command = [*entry, "index", str(folder), "--index", str(index_dir), "-q"] + (["--model", model] if model else [])
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchlib import machine_line  # noqa: E402
 from indexer.pipeline import build_index  # noqa: E402
-from retrieval.checkpoint import read_checkpoint, write_payload  # noqa: E402
-from retrieval.scenes.captions import query_set  # noqa: E402
-from retrieval.search import SearchEngine  # noqa: E402
+from retrieval.core.checkpoint import read_checkpoint, write_payload  # noqa: E402
+from retrieval.core.scenes.captions import query_set  # noqa: E402
+from retrieval.app.search import SearchEngine  # noqa: E402
 
 
 def without_head(model: Path, out: Path) -> Path:

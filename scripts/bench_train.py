@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from retrieval.config import ModelConfig
-from retrieval.device import autocast, cpu_supports_bf16, set_threads
-from retrieval.loss import InfoNCELoss
-from retrieval.model import DualEncoder
-from retrieval.tokenizer import Vocabulary
+from retrieval.core.config import ModelConfig
+from retrieval.core.device import autocast, cpu_supports_bf16, set_threads
+from retrieval.core.loss import InfoNCELoss
+from retrieval.core.model import DualEncoder
+from retrieval.core.tokenizer import Vocabulary
 
 VARIANTS = (("fp32", False, torch.float32), ("fp32 channels_last", True, torch.float32),
             ("bf16 channels_last", True, torch.bfloat16))

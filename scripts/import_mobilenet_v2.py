@@ -166,8 +166,8 @@ def torch_logits(state: dict[str, torch.Tensor], pixels: torch.Tensor, tf_paddin
     """uint8 [N, 3, 224, 224] -> the converted network's logits [N, 1000]."""
     import torchvision
 
-    from retrieval.model import use_tf_padding
-    from retrieval.transforms import normalize_uint8
+    from retrieval.core.model import use_tf_padding
+    from retrieval.core.transforms import normalize_uint8
 
     net = torchvision.models.mobilenet_v2(weights=None)
     net.load_state_dict(state)
@@ -185,7 +185,7 @@ def compare(tflite_path: Path, state: dict[str, torch.Tensor], images: list[Path
     also counts torch's top-1 as agreeing when it is one of the interpreter's tied first classes."""
     from PIL import Image
 
-    from retrieval.transforms import eval_transform_uint8
+    from retrieval.core.transforms import eval_transform_uint8
 
     resize = eval_transform_uint8(224)  # Flickr8k's images are 224 x 224 already: this only makes tensors
     pixels = torch.stack([resize(Image.open(path).convert("RGB")) for path in images])  # uint8 [N, 3, 224, 224]

@@ -17,9 +17,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrieval.captions import ImageCaptions, load_captions  # noqa: E402
-from retrieval.checkpoint import load_model  # noqa: E402
-from retrieval.evaluate import encode_items, encode_texts  # noqa: E402
+from retrieval.core.captions import ImageCaptions, load_captions  # noqa: E402
+from retrieval.core.checkpoint import load_model  # noqa: E402
+from retrieval.core.evaluate import encode_items, encode_texts  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 QUERIES = (

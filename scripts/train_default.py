@@ -22,13 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from retrieval.checkpoint import checkpoint_summary, load_model  # noqa: E402
-from retrieval.cli_train import planned_recipe, train  # noqa: E402
-from retrieval.evaluate import encode_items, encode_texts, folded_metrics  # noqa: E402
-from retrieval.recipe import export_scenes, scene_folder  # noqa: E402
-from retrieval.scenes.captions import query_set  # noqa: E402
-from retrieval.scenes.corpus import load_records, training_items  # noqa: E402
-from retrieval.scenes.quality import attribute_swap_probe, satisfiable_share, semantic_precision  # noqa: E402
+from retrieval.core.checkpoint import checkpoint_summary, load_model  # noqa: E402
+from retrieval.app.cli_train import planned_recipe, train  # noqa: E402
+from retrieval.core.evaluate import encode_items, encode_texts, folded_metrics  # noqa: E402
+from retrieval.core.recipe import export_scenes, scene_folder  # noqa: E402
+from retrieval.core.scenes.captions import query_set  # noqa: E402
+from retrieval.core.scenes.corpus import load_records, training_items  # noqa: E402
+from retrieval.core.scenes.quality import attribute_swap_probe, satisfiable_share, semantic_precision  # noqa: E402
 
 QUERY_SEED = 0
 QUICK = ["--scenes", "1500", "--scene-val", "200", "--scene-test", "200", "--scene-dir", "runs/default/quick-corpus",

@@ -24,14 +24,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from retrieval.checkpoint import load_model  # noqa: E402
-from retrieval.config import ModelConfig, TrainConfig  # noqa: E402
-from retrieval.device import set_threads  # noqa: E402
-from retrieval.evaluate import t2i_ranks  # noqa: E402
-from retrieval.fusion_train import encode_maps, rerank_ranks, train_fusion, word_vectors  # noqa: E402
-from retrieval.scenes.captions import SWAP_KINDS  # noqa: E402
-from retrieval.scenes.corpus import SCENES_FILE, SceneRecord, _write_one, load_records, training_items  # noqa: E402
-from retrieval.scenes.quality import swap_pairs  # noqa: E402
+from retrieval.core.checkpoint import load_model  # noqa: E402
+from retrieval.core.config import ModelConfig, TrainConfig  # noqa: E402
+from retrieval.core.device import set_threads  # noqa: E402
+from retrieval.core.evaluate import t2i_ranks  # noqa: E402
+from retrieval.core.fusion_train import encode_maps, rerank_ranks, train_fusion, word_vectors  # noqa: E402
+from retrieval.core.scenes.captions import SWAP_KINDS  # noqa: E402
+from retrieval.core.scenes.corpus import SCENES_FILE, SceneRecord, _write_one, load_records, training_items  # noqa: E402
+from retrieval.core.scenes.quality import swap_pairs  # noqa: E402
 
 SEED, SIZE, VAL_START, TEST_START = 1, 64, 20000, 20500
 
@@ -44,7 +44,7 @@ def export_examples(folder: Path, splits: dict[str, range]) -> Path:
         for index in indices:
             image = folder / "images" / f"{index:06d}.png"
             if image.is_file():
-                from retrieval.scenes.corpus import make_example
+                from retrieval.core.scenes.corpus import make_example
 
                 scene, captions = make_example(SEED, index)
                 records.append(SceneRecord(f"images/{index:06d}.png", scene, tuple(captions), split))

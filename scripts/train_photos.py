@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrieval.checkpoint import checkpoint_summary, load_model, save_checkpoint  # noqa: E402
-from retrieval.evaluate import evaluate_model  # noqa: E402
+from retrieval.core.checkpoint import checkpoint_summary, load_model, save_checkpoint  # noqa: E402
+from retrieval.core.evaluate import evaluate_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 TRAINED_ON = ("Flickr8k's 6,000 training photos x 5 captions (people, dogs, sports, streets, outdoors); image "

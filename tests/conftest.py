@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from retrieval.checkpoint import load_model, save_checkpoint
-from retrieval.config import ModelConfig
-from retrieval.model import DualEncoder
-from retrieval.tokenizer import Vocabulary
+from retrieval.core.checkpoint import load_model, save_checkpoint
+from retrieval.core.config import ModelConfig
+from retrieval.core.model import DualEncoder
+from retrieval.core.tokenizer import Vocabulary
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
            "purple": (140, 50, 170), "orange": (240, 140, 30), "white": (245, 245, 245), "black": (15, 15, 15)}
@@ -31,7 +31,7 @@ SHAPES = ("circle", "square", "triangle")
 CAPTIONS = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
 IMAGE_COUNT = 24
 # `python -c RUN_AND_REPORT_TORCH ARGS...`: runs `vlsearch ARGS`, then prints "exit N" and "torch imported: B"
-RUN_AND_REPORT_TORCH = ("import sys; from retrieval.cli import main; sys.argv = ['vlsearch', *sys.argv[1:]]\n"
+RUN_AND_REPORT_TORCH = ("import sys; from retrieval.app.cli import main; sys.argv = ['vlsearch', *sys.argv[1:]]\n"
                         "try:\n    main()\nexcept SystemExit as stop:\n    print('exit', stop.code)\n"
                         "print('torch imported:', 'torch' in sys.modules)")
 TINY_CONFIG = dict(backbone="resnet18", image_size=32, embed_dim=16, word_dim=16, hidden_size=16)
@@ -85,7 +85,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
              ) -> tuple[int, str, str]:
     """``vlsearch ARGS`` through the console entry point (one-line errors, exit codes), in this process:
     (exit status, stdout, stderr)."""
-    from retrieval.cli import main
+    from retrieval.app.cli import main
 
     monkeypatch.setattr(sys, "argv", ["vlsearch", *map(str, args)])
     try:

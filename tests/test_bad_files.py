@@ -21,13 +21,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import make_image
-from indexer import executor, layout, pipeline, vectors
-from retrieval.decode import Decoder
+from indexer import executor, pipeline, vectors
+from indexer.index import Index, db_path
+from retrieval.core.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import IndexSummary, build_index
 from indexer.store import Store
-from retrieval.model import DualEncoder
-from retrieval.search import SearchEngine
+from retrieval.core.model import DualEncoder
+from retrieval.app.search import SearchEngine
 
 HANG_SECONDS = 240  # far above a normal build (~1 s); only a hang gets here
 GOOD = ["good/a.jpg", "good/b.png"]
@@ -176,13 +177,13 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> It
 @pytest.fixture(scope="module")
 def index_rows(built: tuple[Path, IndexSummary]) -> tuple[dict[str, dict], dict[str, str]]:
     """(path -> images row, path -> error message) as stored."""
-    with Store.open(layout.db_path(built[0] / ".vlsearch"), readonly=True) as store:
+    with Store.open(db_path(built[0] / ".vlsearch"), readonly=True) as store:
         rows = {row["path"]: row for row in store.rows(store.ids_matching().tolist())}
         return rows, {error["path"]: error["message"] for error in store.errors()}
 
 
 def stored_vector(folder: Path, path: str) -> np.ndarray:
-    with Store.open(layout.db_path(folder / ".vlsearch"), readonly=True) as store:
+    with Store.open(db_path(folder / ".vlsearch"), readonly=True) as store:
         _, found = store.vectors([store.file_stats()[path][0]])
     return found[0]
 
@@ -213,8 +214,8 @@ def test_every_other_file_is_indexed_and_the_counts_add_up(built: tuple[Path, In
     assert sorted(errors) == sorted([LOOP_B] + [k.path for k in KINDS.values() if k.outcome == "error"])
     summary = built[1]
     assert (summary.added, summary.failed, summary.total) == (len(rows), len(errors), len(rows))
-    with Store.open(layout.db_path(built[0] / ".vlsearch"), readonly=True) as store:
-        saved = layout.load_current_vectors(built[0] / ".vlsearch", store)
+    with Store.open(db_path(built[0] / ".vlsearch"), readonly=True) as store:
+        saved = Index(built[0] / ".vlsearch", store).saved_vectors()
         assert saved is not None and sorted(vectors.index_ids(saved)) == sorted(r["id"] for r in rows.values())
 
 
@@ -248,8 +249,8 @@ def test_a_non_utf8_name_round_trips_exactly_through_paths_json_and_the_api(buil
     from click.testing import CliRunner
     from fastapi.testclient import TestClient
 
-    from retrieval.cli import cli
-    from retrieval.server import create_app
+    from retrieval.app.cli import cli
+    from retrieval.app.server import create_app
 
     folder = built[0]
     exact = os.fsencode(folder) + b"/" + NON_UTF8

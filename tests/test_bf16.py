@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from conftest import CAPTIONS, TINY_CONFIG
-from indexer import layout, vectors
+from indexer import vectors
+from indexer.index import Index, db_path
 from indexer.pipeline import build_index
 from indexer.store import Store
-from retrieval.captions import ImageCaptions
-from retrieval.config import ModelConfig, TrainConfig
-from retrieval.device import BF16_SCORE_TOLERANCE, PRECISION_ENV, resolve_precision, score_tolerance
-from retrieval.evaluate import encode_items
-from retrieval.search import SearchEngine
-from retrieval.train import train
+from retrieval.core.captions import ImageCaptions
+from retrieval.core.config import ModelConfig, TrainConfig
+from retrieval.core.device import BF16_SCORE_TOLERANCE, PRECISION_ENV, resolve_precision, score_tolerance
+from retrieval.core.evaluate import encode_items
+from retrieval.app.search import SearchEngine
+from retrieval.core.train import train
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +30,8 @@ def bf16(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def stored_vectors(index_dir: Path) -> dict[str, np.ndarray]:
     """path -> the vector FAISS holds for it."""
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
-        index = layout.open_vectors(index_dir, store)
+    with Store.open(db_path(index_dir), readonly=True) as store:
+        index = Index(index_dir, store).vectors()
         ids = vectors.index_ids(index)
         paths = {row["id"]: row["path"] for row in store.rows(ids.tolist())}
         return {paths[int(i)]: index.reconstruct(int(i)) for i in ids}
@@ -82,7 +83,7 @@ def test_training_and_evaluation_give_unit_vectors(image_folder: Path, tmp_path:
                    TrainConfig(epochs=1, batch_size=3, augment=False, workers=0, device="cpu", precision="auto"),
                    tmp_path / "bf16.pt")
     assert np.isfinite(result.history[0].loss)
-    from retrieval.checkpoint import load_model
+    from retrieval.core.checkpoint import load_model
 
     encoded = encode_items(load_model(result.path), items)
     for name in ("image_vectors", "caption_vectors"):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retrieval.captions import FORMATS, detect_format, load_captions
-from retrieval.errors import CaptionsError
+from retrieval.core.captions import FORMATS, detect_format, load_captions
+from retrieval.core.errors import CaptionsError
 
 COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "coco-mini"
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torchvision
 
-from retrieval.checkpoint import FORMAT, VERSION, checkpoint_summary, load_model, read_checkpoint, save_checkpoint
-from retrieval.config import ModelConfig
-from retrieval.errors import CheckpointError, ConfigError
-from retrieval.model import DualEncoder, ImageEncoder
-from retrieval.tokenizer import Vocabulary
+from retrieval.core.checkpoint import FORMAT, VERSION, checkpoint_summary, load_model, read_checkpoint, save_checkpoint
+from retrieval.core.config import ModelConfig
+from retrieval.core.errors import CheckpointError, ConfigError
+from retrieval.core.model import DualEncoder, ImageEncoder
+from retrieval.core.tokenizer import Vocabulary
 
 TINY = ModelConfig(backbone="resnet18", image_size=32, embed_dim=32, word_dim=32, hidden_size=32)
 CAPTIONS = ["a red circle", "there is a blue square", "a green triangle on grey", "a red square"]

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import IMAGE_COUNT, RUN_AND_REPORT_TORCH
-from retrieval.cli import cli, main
+from retrieval.app.cli import cli, main
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +131,7 @@ def test_rebuild_flag(image_folder: Path, tiny_model_path: Path) -> None:
 def test_progress_bar_shows_files_images_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from indexer.cli import _ProgressBar
+    from retrieval.app.cli_index import _ProgressBar
     from indexer.pipeline import Progress
 
     terminal = io.StringIO()
@@ -176,7 +176,7 @@ def test_unchanged_reindex_never_imports_torch(image_folder: Path, tiny_model_pa
 def test_info_names_the_shipped_model_and_an_index_outlives_its_rename(image_folder: Path, tmp_path: Path) -> None:
     """An index says which named model made it; one that recorded data/default_model.pt (the scenes model's
     old name) is still searched with that model."""
-    from indexer import layout
+    from indexer.index import db_path
     from indexer.store import Store
 
     index_dir = tmp_path / "the-index"
@@ -186,7 +186,7 @@ def test_info_names_the_shipped_model_and_an_index_outlives_its_rename(image_fol
     assert lines["model"].startswith("scenes, ") and lines["model"].endswith("scenes.pt)")
     assert lines["trained_on"].startswith("generated scenes")
     assert lines["recall"] == "text->image R@1/5/10 61.3/92.1/96.9 on 1,000 unseen generated scenes x 5 captions"
-    with Store.open(layout.db_path(index_dir)) as store:
+    with Store.open(db_path(index_dir)) as store:
         store.set_meta(model_path=str(tmp_path / "data" / "default_model.pt"))  # as an older vlsearch recorded it
     found = run("search", "a red circle", "--index", index_dir, "--json")
     assert found.exit_code == 0, found.output

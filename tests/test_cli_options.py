@@ -12,13 +12,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from retrieval.captions import FORMATS
-from retrieval.cli import cli
-from retrieval.cli_options import config_fields, config_options, convert_field, explicit, field_default, shown
-from retrieval.cli_train import train
-from retrieval.config import DataConfig, ModelConfig, TrainConfig
-from retrieval.loss import LOSSES
-from retrieval.model import POOL_GRID
+from retrieval.core.captions import FORMATS
+from retrieval.app.cli import cli
+from retrieval.core.options import config_fields, config_options, convert_field, explicit, field_default, shown
+from retrieval.app.cli_train import train
+from retrieval.core.config import DataConfig, ModelConfig, TrainConfig
+from retrieval.core.loss import LOSSES
+from retrieval.core.model import POOL_GRID
 
 CLASSES = (DataConfig, ModelConfig, TrainConfig)
 

@@ -17,18 +17,17 @@ from click.testing import CliRunner, Result
 
 from conftest import RUN_AND_REPORT_TORCH
 from conftest import run_main as run_vlsearch
-from indexer.store import ModelMismatchError
-from retrieval.checkpoint import checkpoint_summary
-from retrieval.cli import cli, main
-from retrieval.device import score_tolerance
-from retrieval.errors import IndexStoreError, QueryError
-from retrieval.search import INDEX_ENV
+from retrieval.core.errors import IndexStoreError, ModelMismatchError, QueryError
+from retrieval.core.checkpoint import checkpoint_summary
+from retrieval.app.cli import cli, main
+from retrieval.core.device import score_tolerance
+from retrieval.app.search import INDEX_ENV
 from trained_model import one_thread, shapes_index, trained_model_path  # noqa: F401
 
 HIT_TYPES = {"rank": int, "id": int, "path": str, "abs_path": str, "score": float, "width": int, "height": int,
              "format": str, "size": int, "mtime_ns": int, "hash": str, "indexed_at": str,
              "stage": str, "first_score": (float, type(None))}  # first_score: with stage "rerank" only
-ENTRY = [sys.executable, "-c", "from retrieval.cli import main; main()"]
+ENTRY = [sys.executable, "-c", "from retrieval.app.cli import main; main()"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -279,7 +278,7 @@ def test_index_found_in_a_parent_of_the_current_folder(folder: Path, monkeypatch
 
 
 def test_search_help_imports_neither_torch_nor_faiss() -> None:
-    code = ("import sys; from click.testing import CliRunner; from retrieval.cli import cli; "
+    code = ("import sys; from click.testing import CliRunner; from retrieval.app.cli import cli; "
             "result = CliRunner().invoke(cli, ['search', '--help']); print(result.exit_code, 'Examples:' in "
             "result.output); print('torch' in sys.modules, 'faiss' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

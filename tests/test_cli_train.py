@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from retrieval.checkpoint import checkpoint_summary
-from retrieval.cli import cli, main
-from retrieval.errors import CaptionsError
+from retrieval.core.checkpoint import checkpoint_summary
+from retrieval.app.cli import cli, main
+from retrieval.core.errors import CaptionsError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
 TINY_OPTIONS = ["--image-size", "32", "--embed-dim", "32", "--hidden-size", "32", "--batch-size", "8",
@@ -94,9 +94,9 @@ def test_a_flickr_token_file_without_splits_trains_holding_out_a_seeded_share(  
 
 
 def test_the_python_api_holds_out_validation_images_when_given_none(captions: Path, tmp_path: Path):
-    from retrieval.captions import load_captions
-    from retrieval.config import ModelConfig, TrainConfig
-    from retrieval.train import hold_out, train
+    from retrieval.core.captions import load_captions
+    from retrieval.core.config import ModelConfig, TrainConfig
+    from retrieval.core.train import hold_out, train
 
     items = load_captions(captions).items
     kept, held = hold_out(items, seed=3)
@@ -199,7 +199,7 @@ def test_bad_option_value_is_a_usage_error(monkeypatch, capsys, captions: Path, 
 def test_help_imports_neither_torch_nor_faiss(args: list[str]):  # nor the web framework
     code = (
         "import sys\n"
-        "from retrieval.cli import main\n"
+        "from retrieval.app.cli import main\n"
         f"sys.argv = ['vlsearch', *{args!r}]\n"
         "try:\n"
         "    main()\n"

@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 from conftest import make_image, run_main
-from indexer import layout, vectors
+from indexer import vectors
+from indexer.index import Index, db_path, lock_path
 from indexer.pipeline import build_index
 from indexer.store import Store
-from retrieval.model import DualEncoder
-from retrieval.search import SearchEngine
+from retrieval.core.model import DualEncoder
+from retrieval.app.search import SearchEngine
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork, SIGKILL")
 
@@ -60,7 +61,7 @@ def inconsistencies(engine: SearchEngine, text: str, query: np.ndarray, hits: li
 SEARCHER = r"""
 import json, os, sys
 from pathlib import Path
-from retrieval.search import SearchEngine
+from retrieval.app.search import SearchEngine
 from test_concurrency import QUERIES, inconsistencies
 index, model, stop, out = sys.argv[1:5]
 searches, problems, states = 0, [], set()
@@ -144,7 +145,7 @@ def test_an_update_committed_at_any_point_of_a_search_is_seen_whole_or_not_at_al
                 break  # past the search's last statement: every point was tried
             version += 1
             after = engine.search(QUERIES[0], k=1000, where=where)  # the next search sees the update
-            with Store.open(layout.db_path(folder / ".vlsearch"), readonly=True) as store:
+            with Store.open(db_path(folder / ".vlsearch"), readonly=True) as store:
                 assert {hit.hash for hit in after} == {row[3] for row in store.file_stats().values()}
         assert position > 3
 
@@ -190,13 +191,13 @@ def test_a_second_indexer_is_refused_naming_the_pid_and_a_killed_ones_lock_is_ta
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=60)
-    assert layout.lock_path(index_dir).read_text().split()[0] == str(holder.pid)  # left behind, stale
+    assert lock_path(index_dir).read_text().split()[0] == str(holder.pid)  # left behind, stale
     code, out, err = run_main(monkeypatch, capsys, "index", folder, "--model", tiny_model_path)
     assert code == 0, err
     assert out.startswith(f"added {IMAGES - 3}, updated 0, removed 0, unchanged 3,")
-    assert not layout.lock_path(index_dir).exists()
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
-        saved = layout.load_current_vectors(index_dir, store)
+    assert not lock_path(index_dir).exists()
+    with Store.open(db_path(index_dir), readonly=True) as store:
+        saved = Index(index_dir, store).saved_vectors()
         assert saved is not None and sorted(vectors.index_ids(saved)) == sorted(store.ids_matching())
     build_index(folder, tmp_path / "clean", model=tiny_model, workers=0)
     for text in QUERIES:

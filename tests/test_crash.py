@@ -1,7 +1,7 @@
 """Crashes lose nothing: `vlsearch index` killed with SIGKILL at any moment, and a full disk or an I/O error
 while saving, leave an index that opens, searches, and is finished by the next run.
 
-The kill harness runs ``vlsearch index`` (the console entry point ``retrieval.cli:main``) over and over and
+The kill harness runs ``vlsearch index`` (the console entry point ``retrieval.app.cli:main``) over and over and
 SIGKILLs it: at random moments spread over the time a measured clean run holds the index lock (imports and
 model loading come before it), and at chosen points -- as SQLite begins a COMMIT, inside an open
 transaction, between a commit and the FAISS update, half-way through writing the FAISS file, before and
@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -38,15 +37,16 @@ import numpy as np
 import pytest
 
 from conftest import CAPTIONS, TINY_CONFIG, make_image, run_main
-from indexer import layout, vectors
+from indexer import vectors
+from indexer.index import Index, db_path, lock_path, faiss_files
 from indexer.pipeline import build_index
-from indexer.store import Store
-from retrieval.device import score_tolerance
-from retrieval.checkpoint import load_model, save_checkpoint
-from retrieval.config import ModelConfig
-from retrieval.model import DualEncoder
-from retrieval.search import SearchEngine
-from retrieval.tokenizer import Vocabulary
+from indexer.store import Store, connect_readonly
+from retrieval.core.device import score_tolerance
+from retrieval.core.checkpoint import load_model, save_checkpoint
+from retrieval.core.config import ModelConfig
+from retrieval.core.model import DualEncoder
+from retrieval.app.search import SearchEngine
+from retrieval.core.tokenizer import Vocabulary
 
 FUSION_DIM = 8
 
@@ -68,7 +68,7 @@ FROM_SCRATCH_EVERY = 3  # every 3rd random kill hits a run that starts without a
 ZYGOTE = r'''
 import json, os, signal, sys, time, traceback
 import torch, torchvision, faiss  # the slow imports, once for every run
-import retrieval.cli, indexer.cli, indexer.pipeline
+import retrieval.app.cli, retrieval.app.cli_index, indexer.pipeline
 from indexer import store as store_module, vectors as vectors_module
 torch.set_num_threads(1)
 
@@ -134,7 +134,7 @@ for line in sys.stdin:
             if job["point"]:
                 arm(job["point"], job["nth"])
             sys.argv = ["vlsearch", *job["argv"]]
-            retrieval.cli.main()
+            retrieval.app.cli.main()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -237,7 +237,7 @@ def results(index_dir: Path, model_path: Path) -> dict[tuple[str, str], float]:
 
 def regions_by_path(index_dir: Path) -> dict[str, np.ndarray]:
     """path -> stored region codes int8 [R, FUSION_DIM], of every image that has them."""
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+    with Store.open(db_path(index_dir), readonly=True) as store:
         ids = store.ids_matching()
         paths = {row["id"]: row["path"] for row in store.rows(ids)}
         return {paths[i]: np.frombuffer(blob, dtype=np.int8).reshape(-1, FUSION_DIM)
@@ -261,23 +261,23 @@ def assert_same_results(actual: dict, expected: dict) -> None:
 
 def check_after_kill(index_dir: Path, model_path: Path) -> str:
     """The index a kill left: it opens and searches, and its FAISS ids are SQLite's. Returns what it found."""
-    db = layout.db_path(index_dir)
+    db = db_path(index_dir)
     if not db.exists():
         return "no index yet"
-    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
+    with closing(connect_readonly(db)) as conn:
         if not conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] or \
                 not conn.execute("SELECT count(*) FROM meta WHERE key = 'dim'").fetchone()[0]:
             return "no index yet"  # killed before the first run had recorded anything but the schema
     with Store.open(db, readonly=True) as store:
         sqlite_ids = sorted(store.ids_matching().tolist())
-        saved = layout.load_current_vectors(index_dir, store)
+        saved = Index(index_dir, store).saved_vectors()
         if saved is not None:  # a file that claims to be current must hold exactly SQLite's ids
             assert sorted(vectors.index_ids(saved).tolist()) == sqlite_ids
-        assert sorted(vectors.index_ids(layout.open_vectors(index_dir, store)).tolist()) == sqlite_ids
+        assert sorted(vectors.index_ids(Index(index_dir, store).vectors()).tolist()) == sqlite_ids
         blobs = store.regions(sqlite_ids)  # whatever a kill left: whole blobs of indexed images only
         assert all(len(blob) % FUSION_DIM == 0 and len(blob) for blob in blobs.values())
-        fusion = store.meta().get("fusion")
-    assert fusion in (None, load_model(model_path, with_image=False).fusion_identity)
+        fusion = store.meta().fusion
+    assert fusion in ("", load_model(model_path, with_image=False).fusion_identity)
     with SearchEngine.open(index_dir, model=model_path) as engine:
         assert len(engine.search("a red circle", k=1000)) == len(sqlite_ids)
         assert len(engine.search("a red circle", k=1000, rerank=1000)) == len(sqlite_ids)
@@ -286,18 +286,18 @@ def check_after_kill(index_dir: Path, model_path: Path) -> str:
 
 def check_finished(index_dir: Path) -> None:
     """After a completed run: no lock, no temp file, one FAISS file holding exactly the SQLite ids."""
-    assert not layout.lock_path(index_dir).exists()
+    assert not lock_path(index_dir).exists()
     assert [p.name for p in index_dir.iterdir() if p.name.endswith(".tmp")] == []
-    assert len(layout.faiss_files(index_dir)) == 1
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
-        saved = layout.load_current_vectors(index_dir, store)
-        assert saved is not None and layout.saved_vectors_current(index_dir, store)
+    assert len(faiss_files(index_dir)) == 1
+    with Store.open(db_path(index_dir), readonly=True) as store:
+        saved = Index(index_dir, store).saved_vectors()
+        assert saved is not None and Index(index_dir, store).vectors_current()
         assert sorted(vectors.index_ids(saved).tolist()) == sorted(store.ids_matching().tolist())
 
 
 def vlsearch_command() -> list[str]:
     script = Path(sys.executable).with_name("vlsearch")
-    return [str(script)] if script.is_file() else [sys.executable, "-c", "from retrieval.cli import main; main()"]
+    return [str(script)] if script.is_file() else [sys.executable, "-c", "from retrieval.app.cli import main; main()"]
 
 
 @pytest.mark.slow
@@ -314,7 +314,7 @@ def test_sigkill_at_any_moment_loses_nothing(tmp_path: Path, tiny_model_path: Pa
             build_index(folder, tmp_path / f"clean-{name}", model=tiny_model, batch_size=4, workers=0)
             expected[name] = results(tmp_path / f"clean-{name}", tiny_model_path)
         argv = ["index", folder, "--model", tiny_model_path, "--batch-size", "1", "--workers", "1", "--quiet"]
-        lock = layout.lock_path(index_dir)
+        lock = lock_path(index_dir)
         # clean CLI runs (the same results) time the two kinds of run the kills are spread over
         apply_state(folder, STATE_A, current)
         status, full_seconds, output = zygote.run(argv, lock)
@@ -420,7 +420,7 @@ def test_a_failed_faiss_save_keeps_the_index_usable_and_says_what_happened(
         tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     folder, current, _ = indexed
     index_dir = folder / ".vlsearch"
-    [old_faiss] = layout.faiss_files(index_dir).values()
+    [old_faiss] = faiss_files(index_dir).values()
     apply_state(folder, STATE_B, current)
     with monkeypatch.context() as patch:
         failure(patch)
@@ -430,7 +430,7 @@ def test_a_failed_faiss_save_keeps_the_index_usable_and_says_what_happened(
     assert line.startswith(f"Error: {index_dir}/vectors.") and f"cannot save the FAISS index ({reason})" in line
     assert "nothing is lost" in line
     assert old_faiss.is_file() and [p for p in index_dir.iterdir() if p.name.endswith(".tmp")] == []
-    assert not layout.lock_path(index_dir).exists()
+    assert not lock_path(index_dir).exists()
     build_index(folder, tmp_path / "clean", model=tiny_model, workers=0)
     clean = results(tmp_path / "clean", tiny_model_path)
     assert_same_results(results(index_dir, tiny_model_path), clean)  # what SQLite committed, searchable now
@@ -462,7 +462,7 @@ def test_a_full_disk_during_an_sqlite_commit_rolls_back_and_says_what_happened(
     [line] = err.splitlines()
     assert line.startswith(f"Error: {index_dir / 'index.db'}: cannot write to the index database (database or "
                            "disk is full); the unfinished change was rolled back")
-    assert not layout.lock_path(index_dir).exists()
+    assert not lock_path(index_dir).exists()
     check_finished(index_dir)  # the previous index, untouched: its FAISS file is still the current one
     assert_same_results(results(index_dir, tiny_model_path), before)
     code, out, err = run_main(monkeypatch, capsys, "index", folder, "--model", tiny_model_path, "-q")

@@ -1,4 +1,4 @@
-"""retrieval.decode: draft mode, EXIF orientation, every mode to RGB, first frame, bomb limit, bad files."""
+"""retrieval.core.decode: draft mode, EXIF orientation, every mode to RGB, first frame, bomb limit, bad files."""
 from __future__ import annotations
 
 import io
@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from retrieval.decode import Decoder, DecodeError, load_rgb, probe
-from retrieval.transforms import normalize_uint8
+from retrieval.core.decode import Decoder, load_rgb, probe
+
+from retrieval.core.errors import DecodeError
+from retrieval.core.transforms import normalize_uint8
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

@@ -8,15 +8,15 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from retrieval.checkpoint import checkpoint_summary, load_model
-from retrieval.config import MODELS, resolve_model, shipped_model_path
-from retrieval.errors import ConfigError
-from retrieval.cli import cli
-from retrieval.evaluate import encode_items, encode_texts, evaluate_model
-from retrieval.demo import example_queries, suggested_query
-from retrieval.scenes.corpus import export_corpus, load_records, load_scenes
-from retrieval.scenes.quality import attribute_swap_probe
-from retrieval.scenes.scene import satisfies
+from retrieval.core.checkpoint import checkpoint_summary, load_model
+from retrieval.core.config import MODELS, resolve_model, shipped_model_path
+from retrieval.core.errors import ConfigError
+from retrieval.app.cli import cli
+from retrieval.core.evaluate import encode_items, encode_texts, evaluate_model
+from retrieval.app.demo import example_queries, suggested_query
+from retrieval.core.scenes.corpus import export_corpus, load_records, load_scenes
+from retrieval.core.scenes.quality import attribute_swap_probe
+from retrieval.core.scenes.scene import satisfies
 
 FRESH_SEED = 777  # neither the training corpus (1) nor the demo (2026)
 
@@ -64,7 +64,7 @@ def test_default_model_binds_attributes(fresh_corpus):
 
 
 def _item(folder, record):
-    from retrieval.captions import ImageCaptions
+    from retrieval.core.captions import ImageCaptions
 
     return ImageCaptions(folder / record.image, [c.text for c in record.captions], record.split)
 

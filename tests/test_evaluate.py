@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.evaluate import EvalResult, Recall, embed_set, folded_metrics, i2t_ranks, recall_metrics, t2i_ranks
+from retrieval.core.evaluate import EvalResult, Recall, embed_set, folded_metrics, i2t_ranks, recall_metrics, t2i_ranks
 
 # 3 images x 2 captions; rows are captions, columns images. caption_image = [0, 0, 1, 1, 2, 2]
 SIMILARITY = np.array([
@@ -115,10 +115,10 @@ def test_folded_metrics_are_easier_than_the_whole_set():
 def test_embed_set_with_a_tiny_model():
     import torch
 
-    from retrieval.captions import ImageCaptions
-    from retrieval.config import ModelConfig
-    from retrieval.model import DualEncoder
-    from retrieval.tokenizer import Vocabulary
+    from retrieval.core.captions import ImageCaptions
+    from retrieval.core.config import ModelConfig
+    from retrieval.core.model import DualEncoder
+    from retrieval.core.tokenizer import Vocabulary
 
     torch.manual_seed(0)
     config = ModelConfig(backbone="resnet18", image_size=32, embed_dim=32, word_dim=32, hidden_size=32)

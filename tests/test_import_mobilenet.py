@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from indexer.embed import ImageEmbedder
-from retrieval.checkpoint import load_model, save_checkpoint
-from retrieval.config import ModelConfig
-from retrieval.model import DualEncoder, TFSameConv2d, use_tf_padding
-from retrieval.tokenizer import Vocabulary
-from retrieval.transforms import normalize_uint8
+from retrieval.core.checkpoint import load_model, save_checkpoint
+from retrieval.core.config import ModelConfig
+from retrieval.core.model import DualEncoder, TFSameConv2d, use_tf_padding
+from retrieval.core.tokenizer import Vocabulary
+from retrieval.core.transforms import normalize_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

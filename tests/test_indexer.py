@@ -16,15 +16,16 @@ import pytest
 import torch
 
 from conftest import IMAGE_COUNT, make_image
-from indexer import layout, vectors
-from retrieval.decode import Decoder
+from indexer import vectors
+from indexer.index import Index, db_path, lock_path, faiss_files
+from retrieval.core.decode import Decoder
 from indexer.embed import ImageEmbedder
 from indexer.pipeline import IndexSummary, build_index, in_order, plan
 from indexer.scan import FileEntry
-from indexer.store import ModelMismatchError, Store
-from retrieval.checkpoint import load_model
-from retrieval.errors import CheckpointError, IndexStoreError
-from retrieval.model import DualEncoder
+from indexer.store import Store
+from retrieval.core.checkpoint import load_model
+from retrieval.core.errors import CheckpointError, IndexStoreError, ModelMismatchError
+from retrieval.core.model import DualEncoder
 
 
 class CnnSpy:
@@ -54,8 +55,8 @@ def later(path: Path) -> None:
 
 def id_sets(index_dir: Path) -> tuple[list[int], list[int]]:
     """(SQLite ids, ids in the saved FAISS file) -- the saved file must be the current one."""
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
-        saved = layout.load_current_vectors(index_dir, store)
+    with Store.open(db_path(index_dir), readonly=True) as store:
+        saved = Index(index_dir, store).saved_vectors()
         assert saved is not None, "the saved FAISS file does not match SQLite"
         return sorted(store.ids_matching().tolist()), sorted(vectors.index_ids(saved).tolist())
 
@@ -63,8 +64,8 @@ def id_sets(index_dir: Path) -> tuple[list[int], list[int]]:
 def search_file(index_dir: Path, model: DualEncoder, image: Path, k: int = 3) -> list[tuple[str, float]]:
     """Embed ``image`` on its own and search the index with it: [(path, score)] best first."""
     query = ImageEmbedder(model, "cpu")(Decoder(model.config.image_size)(image).pixels[None])
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
-        scores, ids = vectors.search(layout.open_vectors(index_dir, store), query, k)
+    with Store.open(db_path(index_dir), readonly=True) as store:
+        scores, ids = vectors.search(Index(index_dir, store).vectors(), query, k)
         paths = {row["id"]: row["path"] for row in store.rows(ids[0])}
     return [(paths[i], float(s)) for i, s in zip(ids[0], scores[0])]
 
@@ -85,10 +86,10 @@ def test_first_build_indexes_every_image(image_folder: Path, tiny_model: DualEnc
     index_dir = image_folder / ".vlsearch"
     sqlite_ids, faiss_ids = id_sets(index_dir)
     assert sqlite_ids == faiss_ids and len(sqlite_ids) == IMAGE_COUNT
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+    with Store.open(db_path(index_dir), readonly=True) as store:
         meta = store.meta()
         rows = store.rows(sqlite_ids)
-    assert meta["model"] == tiny_model.identity and meta["dim"] == 16 and meta["root"] == ".."
+    assert meta.model == tiny_model.identity and meta.dim == 16 and meta.root == ".."
     assert {r["path"] for r in rows} >= {"img01.jpg", "sub/img00.png", "sub/deeper/img03.png"}
     assert {(r["width"], r["height"]) for r in rows} == {(40, 40)} and {r["format"] for r in rows} == {"JPEG", "PNG"}
     assert search_file(index_dir, tiny_model, image_folder / "img05.jpg")[0][0] == "img05.jpg"
@@ -96,19 +97,19 @@ def test_first_build_indexes_every_image(image_folder: Path, tiny_model: DualEnc
 
 def test_second_run_embeds_nothing(built: Path, image_folder: Path, tiny_model: DualEncoder) -> None:
     spy = CnnSpy(tiny_model)
-    faiss_file = layout.faiss_files(built)
+    faiss_file = faiss_files(built)
     summary = build_index(image_folder, model=tiny_model)
     assert counts(summary) == (0, 0, 0, IMAGE_COUNT, 0, 0) and spy.calls == 0
-    assert layout.faiss_files(built) == faiss_file  # nothing changed, nothing saved
+    assert faiss_files(built) == faiss_file  # nothing changed, nothing saved
 
 
 def test_model_weights_load_only_when_something_needs_the_cnn(image_folder: Path, tiny_model_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import retrieval.checkpoint
+    import retrieval.core.checkpoint
 
     loads = []
-    real = retrieval.checkpoint.load_model
-    monkeypatch.setattr(retrieval.checkpoint, "load_model", lambda *args, **kw: loads.append(args) or real(*args, **kw))
+    real = retrieval.core.checkpoint.load_model
+    monkeypatch.setattr(retrieval.core.checkpoint, "load_model", lambda *args, **kw: loads.append(args) or real(*args, **kw))
     assert build_index(image_folder, model=tiny_model_path).added == IMAGE_COUNT and len(loads) == 1
     assert build_index(image_folder, model=tiny_model_path).unchanged == IMAGE_COUNT and len(loads) == 1
     make_image(image_folder / "new.jpg", seed=77)
@@ -135,7 +136,7 @@ def test_modify_delete_rename_copy(built: Path, image_folder: Path, tiny_model: 
     twins = search_file(built, tiny_model, image_folder / "img05.jpg", k=2)
     assert {path for path, _ in twins} == {"img05.jpg", "sub/copy-of-05.jpg"}
     assert [score for _, score in twins] == pytest.approx([1.0, 1.0], abs=1e-4)
-    with Store.open(layout.db_path(built), readonly=True) as store:
+    with Store.open(db_path(built), readonly=True) as store:
         paths = set(store.file_stats())
         assert "img02.jpg" not in paths and "img04.jpg" not in paths
         assert len(store.hashes()) == IMAGE_COUNT - 1  # the copy shares a vector; old img01/img02 collected
@@ -182,7 +183,7 @@ def test_corrupt_and_fake_images_land_in_errors_and_the_rest_is_indexed(image_fo
     assert dict(summary.failures).keys() == {"truncated.jpg", "notes.png"}
     assert "corrupt or truncated" in dict(summary.failures)["truncated.jpg"]
     index_dir = image_folder / ".vlsearch"
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+    with Store.open(db_path(index_dir), readonly=True) as store:
         assert [e["path"] for e in store.errors()] == ["notes.png", "truncated.jpg"]
         assert "no_suffix_image" in store.file_stats()
     spy = CnnSpy(tiny_model)
@@ -193,7 +194,7 @@ def test_corrupt_and_fake_images_land_in_errors_and_the_rest_is_indexed(image_fo
     (image_folder / "notes.png").unlink()
     fixed = build_index(image_folder, model=tiny_model)
     assert counts(fixed) == (0, 0, 0, IMAGE_COUNT + 1, 1, 0)  # same pixels as img01 -> reused
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+    with Store.open(db_path(index_dir), readonly=True) as store:
         assert store.error_count() == 0
 
 
@@ -212,8 +213,8 @@ def test_a_different_model_is_refused_naming_both(built: Path, image_folder: Pat
     summary = build_index(image_folder, model=other_model_path, rebuild=True)
     assert counts(summary) == (IMAGE_COUNT, 0, 0, 0, 0, 0)
     build_index(image_folder, model=load_model(other_model_path))  # a loaded model keeps the recorded path
-    with Store.open(layout.db_path(built), readonly=True) as store:
-        assert store.meta()["model_path"] == str(other_model_path.resolve())
+    with Store.open(db_path(built), readonly=True) as store:
+        assert store.meta().model_path == str(other_model_path.resolve())
 
 
 def test_index_type_is_pluggable_and_remembered(built: Path, image_folder: Path, tiny_model: DualEncoder) -> None:
@@ -233,8 +234,8 @@ def test_index_elsewhere_stores_an_absolute_root_and_refuses_another_folder(tmp_
                                                                            tiny_model: DualEncoder) -> None:
     index_dir = tmp_path / "indexes" / "photos"
     build_index(image_folder, index_dir, model=tiny_model)
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
-        assert layout.resolve_root(index_dir, store.meta()["root"]) == image_folder.resolve()
+    with Store.open(db_path(index_dir), readonly=True) as store:
+        assert Index(index_dir, store).root() == image_folder.resolve()
     other = tmp_path / "other"
     make_image(other / "x.jpg", seed=1)
     with pytest.raises(IndexStoreError, match="holds the folder"):
@@ -248,20 +249,21 @@ def test_a_default_located_index_travels_with_its_folder(built: Path, image_fold
     image_folder.rename(moved)
     spy = CnnSpy(tiny_model)
     assert counts(build_index(moved, model=tiny_model)) == (0, 0, 0, IMAGE_COUNT, 0, 0) and spy.calls == 0
-    with Store.open(layout.db_path(moved / ".vlsearch"), readonly=True) as store:
-        assert layout.resolve_root(moved / ".vlsearch", store.meta()["root"]) == moved.resolve()
+    with Store.open(db_path(moved / ".vlsearch"), readonly=True) as store:
+        assert Index(moved / ".vlsearch", store).root() == moved.resolve()
 
 
 def test_a_second_indexer_is_refused(built: Path, image_folder: Path, tiny_model: DualEncoder) -> None:
-    from indexer.lock import IndexLock, IndexLockedError
+    from indexer.lock import IndexLock
+    from retrieval.core.errors import IndexLockedError
 
-    with IndexLock(layout.lock_path(built)):
+    with IndexLock(lock_path(built)):
         with pytest.raises(IndexLockedError, match=f"process {os.getpid()}"):
             build_index(image_folder, model=tiny_model)
 
 
 def test_missing_default_model_is_a_clear_error(image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("retrieval.config.default_model_path", lambda: Path("/nowhere/default_model.pt"))
+    monkeypatch.setattr("retrieval.core.config.default_model_path", lambda: Path("/nowhere/default_model.pt"))
     with pytest.raises(CheckpointError, match="no default model is installed yet.*--model"):
         build_index(image_folder)
     assert not (image_folder / ".vlsearch").exists()
@@ -285,7 +287,7 @@ def test_plan_is_a_dict_diff() -> None:
 
 
 def test_vectors_in_sqlite_match_the_model(built: Path, image_folder: Path, tiny_model: DualEncoder) -> None:
-    with Store.open(layout.db_path(built), readonly=True) as store:
+    with Store.open(db_path(built), readonly=True) as store:
         [row_id] = store.ids_matching(glob="img11.jpg")
         _, stored = store.vectors([row_id])
     query = ImageEmbedder(tiny_model, "cpu")(Decoder(32)(image_folder / "img11.jpg").pixels[None])
@@ -325,7 +327,7 @@ def test_a_file_name_that_is_not_utf8_is_indexed_renamed_and_recorded_exactly(im
     assert counts(build_index(image_folder, model=tiny_model)) == (0, 0, 0, IMAGE_COUNT + 1, 0, 1)  # not retried
     os.rename(os.path.join(raw, b"caf\xe9.jpg"), os.path.join(raw, b"th\xe9.jpg"))  # a rename: no CNN
     assert counts(build_index(image_folder, model=tiny_model)) == (0, 0, 1, IMAGE_COUNT, 1, 1)
-    with Store.open(layout.db_path(image_folder / ".vlsearch"), readonly=True) as store:
+    with Store.open(db_path(image_folder / ".vlsearch"), readonly=True) as store:
         paths = [os.fsencode(row["path"]) for row in store.rows(store.ids_matching().tolist())]
         assert b"th\xe9.jpg" in paths and b"caf\xe9.jpg" not in paths
         assert [os.fsencode(e["path"]) for e in store.errors()] == [b"cass\xe9.jpg"]

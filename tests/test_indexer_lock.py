@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from indexer.lock import IndexLock, IndexLockedError
+from indexer.lock import IndexLock
+
+from retrieval.core.errors import IndexLockedError
 
 HOLDER = """
 import sys, time
@@ -62,7 +64,7 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
 
 
 def test_a_place_that_cannot_hold_a_lock_is_a_project_error(tmp_path: Path) -> None:
-    from retrieval.errors import IndexStoreError
+    from retrieval.core.errors import IndexStoreError
 
     (tmp_path / "a-file").write_text("")
     with pytest.raises(IndexStoreError, match="cannot lock the index"):

@@ -11,18 +11,19 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE_COUNT
-from indexer import layout, vectors
+from indexer import vectors
+from indexer.index import Index, db_path, lock_path, faiss_files
 from indexer.pipeline import build_index
 from indexer.store import Store
-from retrieval.model import DualEncoder
+from retrieval.core.model import DualEncoder
 from test_indexer import CnnSpy, counts, id_sets
 
 
 def search_everything(index_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every stored vector as a query against the index: (scores, ids)."""
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+    with Store.open(db_path(index_dir), readonly=True) as store:
         _, queries = store.vectors()
-        return vectors.search(layout.open_vectors(index_dir, store), queries, 5)
+        return vectors.search(Index(index_dir, store).vectors(), queries, 5)
 
 
 class Interrupted(Exception):
@@ -41,14 +42,14 @@ def test_deleted_faiss_file_is_rebuilt_from_sqlite(image_folder: Path, tiny_mode
     build_index(image_folder, model=tiny_model)
     index_dir = image_folder / ".vlsearch"
     before = search_everything(index_dir)
-    for path in layout.faiss_files(index_dir).values():
+    for path in faiss_files(index_dir).values():
         path.unlink()
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
-        assert layout.load_current_vectors(index_dir, store) is None
+    with Store.open(db_path(index_dir), readonly=True) as store:
+        assert Index(index_dir, store).saved_vectors() is None
     np.testing.assert_array_equal(search_everything(index_dir)[1], before[1])  # search rebuilds in memory
     spy = CnnSpy(tiny_model)
     assert counts(build_index(image_folder, model=tiny_model)) == (0, 0, 0, IMAGE_COUNT, 0, 0)
-    assert spy.calls == 0 and len(layout.faiss_files(index_dir)) == 1
+    assert spy.calls == 0 and len(faiss_files(index_dir)) == 1
     after = search_everything(index_dir)
     np.testing.assert_array_equal(after[1], before[1])
     np.testing.assert_allclose(after[0], before[0], rtol=1e-6)
@@ -57,10 +58,10 @@ def test_deleted_faiss_file_is_rebuilt_from_sqlite(image_folder: Path, tiny_mode
 def test_faiss_file_that_does_not_match_sqlite_is_stale(image_folder: Path, tiny_model: DualEncoder) -> None:
     build_index(image_folder, model=tiny_model)
     index_dir = image_folder / ".vlsearch"
-    [(generation, path)] = layout.faiss_files(index_dir).items()
+    [(generation, path)] = faiss_files(index_dir).items()
     vectors.save(vectors.build("Flat", 16), path)  # right name, wrong content (e.g. a half-finished copy)
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
-        assert layout.load_current_vectors(index_dir, store) is None
+    with Store.open(db_path(index_dir), readonly=True) as store:
+        assert Index(index_dir, store).saved_vectors() is None
     build_index(image_folder, model=tiny_model)
     assert id_sets(index_dir)[0] == id_sets(index_dir)[1]
 
@@ -71,10 +72,10 @@ def test_interrupted_run_leaves_a_stale_faiss_file_and_the_next_run_finishes(ima
     spy = CnnSpy(tiny_model)
     with pytest.raises(Interrupted):
         build_index(image_folder, model=tiny_model, batch_size=4, workers=1, progress=stop_after(10))
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+    with Store.open(db_path(index_dir), readonly=True) as store:
         committed = store.count()
-        assert 4 <= committed < IMAGE_COUNT and layout.load_current_vectors(index_dir, store) is None
-        assert sorted(vectors.index_ids(layout.open_vectors(index_dir, store)).tolist()) == \
+        assert 4 <= committed < IMAGE_COUNT and Index(index_dir, store).saved_vectors() is None
+        assert sorted(vectors.index_ids(Index(index_dir, store).vectors()).tolist()) == \
             sorted(store.ids_matching().tolist())
     spy.images = 0
     summary = build_index(image_folder, model=tiny_model)  # the lock was released; the rest gets added
@@ -104,11 +105,11 @@ def test_sigkill_mid_run_leaves_an_index_that_opens(image_folder: Path, tiny_mod
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr
     index_dir = image_folder / ".vlsearch"
-    assert layout.lock_path(index_dir).exists()  # left behind by the killed process
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+    assert lock_path(index_dir).exists()  # left behind by the killed process
+    with Store.open(db_path(index_dir), readonly=True) as store:
         committed = store.count()
         assert 0 < committed < IMAGE_COUNT
-        assert sorted(vectors.index_ids(layout.open_vectors(index_dir, store)).tolist()) == \
+        assert sorted(vectors.index_ids(Index(index_dir, store).vectors()).tolist()) == \
             sorted(store.ids_matching().tolist())
     summary = build_index(image_folder, model=tiny_model)  # takes the stale lock over
     assert counts(summary) == (IMAGE_COUNT - committed, 0, 0, committed, 0, 0)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retrieval.errors import ConfigError
-from retrieval.loss import HingeLoss, InfoNCELoss, make_loss
+from retrieval.core.errors import ConfigError
+from retrieval.core.loss import HingeLoss, InfoNCELoss, make_loss
 
 # With images = identity, scores = images @ texts.T = texts.T: a test writes the score matrix it wants directly.
 # Row i is image i, column j is caption j; the diagonal holds the positives.

@@ -11,14 +11,14 @@ from PIL import Image
 
 from conftest import CAPTIONS, TINY_CONFIG
 from indexer.pipeline import build_index
-from retrieval.captions import ImageCaptions
-from retrieval.checkpoint import load_model, save_checkpoint
-from retrieval.config import ModelConfig, TrainConfig
-from retrieval.evaluate import encode_items
-from retrieval.model import DualEncoder
-from retrieval.search import SearchEngine
-from retrieval.tokenizer import Vocabulary
-from retrieval.train import _ImageSource
+from retrieval.core.captions import ImageCaptions
+from retrieval.core.checkpoint import load_model, save_checkpoint
+from retrieval.core.config import ModelConfig, TrainConfig
+from retrieval.core.evaluate import encode_items
+from retrieval.core.model import DualEncoder
+from retrieval.app.search import SearchEngine
+from retrieval.core.tokenizer import Vocabulary
+from retrieval.core.train import _ImageSource
 
 
 def transparent_png(path: Path) -> Path:

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.checkpoint import load_model
-from retrieval.evaluate import evaluate_model
-from retrieval.features import build_feature_cache
-from retrieval.model import DualEncoder
-from retrieval.tokenizer import Vocabulary
-from retrieval.train import seed_everything, train
-from retrieval.transforms import normalize_uint8
+from retrieval.core.checkpoint import load_model
+from retrieval.core.evaluate import evaluate_model
+from retrieval.core.features import build_feature_cache
+from retrieval.core.model import DualEncoder
+from retrieval.core.tokenizer import Vocabulary
+from retrieval.core.train import seed_everything, train
+from retrieval.core.transforms import normalize_uint8
 from test_train import FAST, PER_CLASS, TINY, build_shapes, split_items
 
 FROZEN = replace(TINY, freeze_backbone=True)
@@ -95,7 +95,7 @@ def test_glove_vectors_and_words_are_in_the_checkpoint(shapes: Path, tmp_path: P
 
 
 def test_glove_of_another_size_is_one_clear_error(shapes: Path, tmp_path: Path):
-    from retrieval.errors import ConfigError
+    from retrieval.core.errors import ConfigError
 
     glove = tmp_path / "glove.txt"
     glove.write_text("red 0.1 0.2\ncircle 0.3 0.4\n")

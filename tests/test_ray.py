@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from indexer import layout, vectors
+from indexer import vectors
+from indexer.index import Index, db_path
 from indexer.pipeline import build_index
 from indexer.store import Store
 
@@ -98,9 +99,9 @@ def write_folder(folder: Path, count: int) -> Path:
 
 def contents(index_dir: Path) -> dict[str, Any]:
     """Everything an index holds, with vectors by id; the saved FAISS file must match SQLite."""
-    with Store.open(layout.db_path(index_dir), readonly=True) as store:
+    with Store.open(db_path(index_dir), readonly=True) as store:
         ids = store.ids_matching()
-        saved = layout.load_current_vectors(index_dir, store)
+        saved = Index(index_dir, store).saved_vectors()
         assert saved is not None, "the saved FAISS file does not match SQLite"
         assert sorted(vectors.index_ids(saved).tolist()) == sorted(ids.tolist())
         rows = {row["id"]: (row["path"], row["hash"], row["width"], row["height"]) for row in store.rows(ids)}
@@ -182,7 +183,7 @@ def test_a_worker_node_killed_mid_run_leaves_a_complete_index(cluster: Cluster, 
     build_index(photos, tmp_path / "local", model=tiny_model_path, batch_size=2)
     index_dir = tmp_path / "index"
     result = cluster.index(photos, index_dir, tiny_model_path, "--batch-size", "2",
-                           kill_worker_when=str(layout.db_path(index_dir)))
+                           kill_worker_when=str(db_path(index_dir)))
     assert result["killed"], "the run ended before the worker node could be killed"
     assert result["rc"] == 0, result["err"]
     assert counts(result["out"]) == "added 160, updated 0, removed 0, unchanged 0, reused 1, failed 3"
@@ -191,7 +192,7 @@ def test_a_worker_node_killed_mid_run_leaves_a_complete_index(cluster: Cluster, 
 
 def test_without_ray_the_engine_is_one_clear_error(image_folder: Path, tiny_model_path: Path) -> None:
     """Ray hidden from the import system, as when the extra is not installed."""
-    script = ("import sys; sys.modules['ray'] = None; from retrieval.cli import main; "
+    script = ("import sys; sys.modules['ray'] = None; from retrieval.app.cli import main; "
               f"sys.argv = ['vlsearch', 'index', {str(image_folder)!r}, '--model', {str(tiny_model_path)!r}, "
               "'--engine', 'ray']; main()")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from retrieval.checkpoint import checkpoint_summary, load_model, read_checkpoint
-from retrieval.cli import cli
-from retrieval.config import DataConfig, ModelConfig, TrainConfig
-from retrieval.errors import ConfigError
-from retrieval.recipe import Recipe, StageEvent, load_recipe, parse_stages, train_recipe
+from retrieval.core.checkpoint import checkpoint_summary, load_model, read_checkpoint
+from retrieval.app.cli import cli
+from retrieval.core.config import DataConfig, ModelConfig, TrainConfig
+from retrieval.core.errors import ConfigError
+from retrieval.core.recipe import Recipe, StageEvent, load_recipe, parse_stages, train_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES_RECIPE = ROOT / "data" / "scenes.recipe.json"

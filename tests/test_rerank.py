@@ -1,4 +1,4 @@
-"""Two-stage search: the fusion head (retrieval.fusion), its training, and re-ranking in SearchEngine.
+"""Two-stage search: the fusion head (retrieval.core.fusion), its training, and re-ranking in SearchEngine.
 
 A tiny dual encoder is trained on generated scenes *without* hard-negative captions (so it binds attributes
 poorly), then a fusion head on top of it with the captions' swaps as negatives; the head must prefer true
@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from indexer.pipeline import build_index
-from retrieval.checkpoint import checkpoint_summary, load_model, read_checkpoint
-from retrieval.config import ModelConfig, TrainConfig
-from retrieval.errors import ConfigError, QueryError
-from retrieval.fusion import dequantize_regions, quantize_regions
-from retrieval.fusion_train import fusion_recall, train_fusion, word_vectors
-from retrieval.scenes.corpus import export_corpus, load_records, training_items
-from retrieval.scenes.quality import swap_pairs
-from retrieval.search import SearchEngine
-from retrieval.train import train
+from retrieval.core.checkpoint import checkpoint_summary, load_model, read_checkpoint
+from retrieval.core.config import ModelConfig, TrainConfig
+from retrieval.core.errors import ConfigError, QueryError
+from retrieval.core.fusion import dequantize_regions, quantize_regions
+from retrieval.core.fusion_train import fusion_recall, train_fusion, word_vectors
+from retrieval.core.scenes.corpus import export_corpus, load_records, training_items
+from retrieval.core.scenes.quality import swap_pairs
+from retrieval.app.search import SearchEngine
+from retrieval.core.train import train
 
 pytestmark = pytest.mark.usefixtures("one_training_thread")
 SIZE = 48  # 3x3 regions at the end of layer3
@@ -61,7 +61,7 @@ def test_the_head_binds_attributes_better_than_the_dual_encoder(scenes: Path, mo
     records = [r for r in load_records(scenes).values() if r.split == "test"]
     pairs = swap_pairs(records)
     items = training_items(scenes, records, False)
-    from retrieval.fusion_train import encode_maps
+    from retrieval.core.fusion_train import encode_maps
 
     images, _ = encode_maps(model, items)
     index = torch.tensor([p[0] for p in pairs])
@@ -162,8 +162,8 @@ def test_a_fusion_stage_needs_a_head_size(scenes: Path, models: tuple[Path, Path
 
 def test_a_recipe_fusion_stage_adds_a_head_to_its_init_model(scenes: Path, models: tuple[Path, Path],
                                                              tmp_path: Path) -> None:
-    from retrieval.config import DataConfig
-    from retrieval.recipe import Recipe, train_recipe
+    from retrieval.core.config import DataConfig
+    from retrieval.core.recipe import Recipe, train_recipe
 
     recipe = Recipe(data=DataConfig(captions=str(scenes / "captions.jsonl")), model=ModelConfig(fusion_dim=8),
                     train=TrainConfig(fusion_stage=True, epochs=1, batch_size=64, lr=3e-3, fusion_negatives=3))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.errors import ConfigError
-from retrieval.scenes.captions import (OPPOSITE_WORDS, SIZE_WORDS, Caption, query_set,
+from retrieval.core.errors import ConfigError
+from retrieval.core.scenes.captions import (OPPOSITE_WORDS, SIZE_WORDS, Caption, query_set,
                                        swap_caption, swap_variants)
-from retrieval.scenes.corpus import (CAPTIONS_FILE, DEMO_SCENES_FILE, export_corpus, generate_folder,
+from retrieval.core.scenes.corpus import (CAPTIONS_FILE, DEMO_SCENES_FILE, export_corpus, generate_folder,
                                      load_records, load_scenes, make_example, split_counts)
-from retrieval.scenes.render import COLOUR_JITTER, RGB, render
-from retrieval.scenes.scene import (COLOURS, SHAPES, Meaning, Mention, Relation, Scene, SceneObject,
+from retrieval.core.scenes.render import COLOUR_JITTER, RGB, render
+from retrieval.core.scenes.scene import (COLOURS, SHAPES, Meaning, Mention, Relation, Scene, SceneObject,
                                     sample_scene, satisfies)
 
 ATTRIBUTE_WORDS = set(COLOURS) | set(SHAPES) | {w for words in SIZE_WORDS.values() for w in words}
@@ -218,5 +218,5 @@ def test_generate_folder_shows_only_images(tmp_path) -> None:
 
 
 def test_package_never_imports_torch() -> None:
-    code = "import sys, retrieval.scenes.corpus; assert 'torch' not in sys.modules"
+    code = "import sys, retrieval.core.scenes.corpus; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""retrieval.search.SearchEngine on a real index: a tiny *trained* model, real SQLite and FAISS.
+"""retrieval.app.search.SearchEngine on a real index: a tiny *trained* model, real SQLite and FAISS.
 
 The folder (see trained_model.py) holds 4 images of each of 15 colour+shape classes: PNG in shapes/,
 JPEG in more/jpeg/, of several sizes, named like ``red_circle_03``. Filters are checked against direct
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import layout
-from indexer.store import ModelMismatchError, Store
-from retrieval.checkpoint import checkpoint_summary
-from retrieval.errors import CheckpointError, IndexStoreError, QueryError
-from retrieval.device import score_tolerance
-from retrieval.search import INDEX_ENV, Hit, QueryWords, SearchEngine, find_index
+from indexer.index import db_path
+from indexer.store import Store
+from retrieval.core.checkpoint import checkpoint_summary
+from retrieval.core.errors import CheckpointError, IndexStoreError, QueryError, ModelMismatchError
+from retrieval.core.device import score_tolerance
+from retrieval.app.search import INDEX_ENV, Hit, QueryWords, SearchEngine, find_index
 from trained_model import CLASSES, captions_for, one_thread, shapes_index, trained_model_path  # noqa: F401
 
 K = 4  # images per class in the folder
@@ -64,13 +64,13 @@ def engine(one_thread: None, folder: Path) -> Iterator[SearchEngine]:
 def sql_ids(folder: Path, where: str | None, glob: str | None) -> set[int]:
     """The ids a filter must select, asked of the database directly."""
     sql = f"SELECT id FROM images WHERE ({where or 1}) AND path GLOB ?"
-    with sqlite3.connect(layout.db_path(folder / ".vlsearch")) as conn:
+    with sqlite3.connect(db_path(folder / ".vlsearch")) as conn:
         return {row[0] for row in conn.execute(sql, [glob or "*"])}
 
 
 def table_dump(folder: Path) -> tuple[list[tuple], list[tuple]]:
     """Every images row and every meta row, to show a refused statement changed nothing."""
-    with sqlite3.connect(layout.db_path(folder / ".vlsearch")) as conn:
+    with sqlite3.connect(db_path(folder / ".vlsearch")) as conn:
         return (conn.execute("SELECT * FROM images ORDER BY id").fetchall(),
                 conn.execute("SELECT * FROM meta ORDER BY key").fetchall())
 

@@ -1,4 +1,4 @@
-"""retrieval.server: the HTTP API with FastAPI's test client, on a small index built with a tiny trained model."""
+"""retrieval.app.server: the HTTP API with FastAPI's test client, on a small index built with a tiny trained model."""
 from __future__ import annotations
 
 import io
@@ -20,10 +20,10 @@ from PIL import Image  # noqa: E402
 from trained_model import shapes_index  # noqa: E402
 
 from indexer.pipeline import build_index  # noqa: E402
-from retrieval import server  # noqa: E402
-from retrieval.cli_serve import serve  # noqa: E402
-from retrieval.device import score_tolerance  # noqa: E402
-from retrieval.search import SearchEngine, results_document  # noqa: E402
+from retrieval.app import server  # noqa: E402
+from retrieval.app.cli_serve import serve  # noqa: E402
+from retrieval.core.device import score_tolerance  # noqa: E402
+from retrieval.app.search import SearchEngine, results_document  # noqa: E402
 
 CLI_KEYS = {"rank", "id", "path", "abs_path", "score", "width", "height", "format", "size", "mtime_ns", "hash",
             "indexed_at", "stage", "first_score"}
@@ -298,5 +298,5 @@ def test_serve_help_and_defaults() -> None:
 
 
 def test_the_cli_does_not_import_the_framework() -> None:
-    code = "import sys, retrieval.cli; print('fastapi' in sys.modules or 'uvicorn' in sys.modules)"
+    code = "import sys, retrieval.app.cli; print('fastapi' in sys.modules or 'uvicorn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -26,8 +26,8 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from trained_model import shapes_index  # noqa: E402
 
-from retrieval.search import SearchEngine  # noqa: E402
-from retrieval.server import create_app  # noqa: E402
+from retrieval.app.search import SearchEngine  # noqa: E402
+from retrieval.app.server import create_app  # noqa: E402
 
 # No sandbox (CI runs as root); no background connections (this network refuses them, and a test needs none).
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

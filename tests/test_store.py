@@ -1,13 +1,18 @@
 """indexer.store: schema, WAL, generations, upserts, shared vectors, reading helpers for search."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from indexer.store import SCHEMA_VERSION, ErrorRow, ImageRow, ModelMismatchError, Store
-from retrieval.errors import IndexStoreError, QueryError
+from indexer.store import SCHEMA_VERSION, ErrorRow, ImageRow, Store, connect_readonly
+
+from retrieval.core.errors import IndexStoreError, ModelMismatchError, QueryError
 
 
 def row(path: str, digest: str, size: int = 10, mtime: int = 1, width: int = 40, fmt: str = "JPEG") -> ImageRow:
@@ -32,11 +37,11 @@ def store(tmp_path: Path):
 def test_new_database_has_schema_wal_and_generation_zero(tmp_path: Path) -> None:
     with Store.open(tmp_path / "index.db") as store:
         meta = store.meta()
-        assert meta["schema_version"] == SCHEMA_VERSION and store.generation == 0 and store.count() == 0
+        assert meta.schema_version == SCHEMA_VERSION and store.generation == 0 and store.count() == 0
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert {"images", "vectors", "errors", "meta"} <= set(store.db.table_names())
     with Store.open(tmp_path / "index.db") as again:  # reopening keeps everything
-        assert again.meta()["created_at"] == meta["created_at"]
+        assert again.meta().created_at == meta.created_at
 
 
 def test_generation_counts_commits_that_change_vectors_only(store: Store) -> None:
@@ -123,7 +128,7 @@ def test_model_mismatch_names_both_models_and_suggests_rebuild(store: Store) -> 
 
 def test_readonly_reads_and_refuses_writes(store: Store, tmp_path: Path) -> None:
     with Store.open(tmp_path / "index.db", readonly=True) as reader:
-        assert reader.count() == 3 and reader.meta()["model"] == "model-a"
+        assert reader.count() == 3 and reader.meta().model == "model-a"
         with pytest.raises(IndexStoreError, match="read-only"), reader.write():
             pass
     with pytest.raises(IndexStoreError, match="no index database"):
@@ -141,4 +146,26 @@ def test_reset_forgets_images_vectors_and_errors(store: Store) -> None:
         store.put_errors([ErrorRow("bad.jpg", "corrupt")])
         store.reset()
     assert store.count() == store.error_count() == 0 and store.hashes() == set()
-    assert store.meta()["model"] == "model-a"
+    assert store.meta().model == "model-a"
+
+
+def test_readonly_open_rolls_back_what_a_killed_writer_left(tmp_path: Path) -> None:
+    """A writer killed mid-transaction before WAL mode was on (creating the index) leaves a hot rollback journal,
+    which a read-only connection may not roll back ("attempt to write a readonly database"): the reader
+    still opens, and sees the last committed state, not the half-written pages."""
+    db = tmp_path / "index.db"
+    writer = textwrap.dedent(f"""
+        import os, sqlite3
+        conn = sqlite3.connect({str(db)!r}, isolation_level=None)
+        conn.execute("CREATE TABLE t (x BLOB)")
+        conn.execute("INSERT INTO t VALUES (zeroblob(100000))")
+        conn.execute("PRAGMA cache_size = 2")  # spill the open transaction's pages into the file
+        conn.execute("BEGIN")
+        for _ in range(20):
+            conn.execute("INSERT INTO t VALUES (zeroblob(100000))")
+        os._exit(0)  # killed before COMMIT
+        """)
+    subprocess.run([sys.executable, "-c", writer], check=True, timeout=60)
+    assert (tmp_path / "index.db-journal").stat().st_size > 0
+    with closing(connect_readonly(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1

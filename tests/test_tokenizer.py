@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from retrieval.tokenizer import MAX_TOKENS, PAD, PAD_ID, UNK, UNK_ID, Vocabulary, tokenize
+from retrieval.core.tokenizer import MAX_TOKENS, PAD, PAD_ID, UNK, UNK_ID, Vocabulary, tokenize
 
 
 def test_tokenize_lower_cases_and_splits_punctuation():

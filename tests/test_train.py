@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from retrieval.captions import ImageCaptions, load_captions
-from retrieval.checkpoint import checkpoint_summary, load_model
-from retrieval.config import ModelConfig, TrainConfig
-from retrieval.data import PairDataset, collate
-from retrieval.errors import CaptionsError, ConfigError
-from retrieval.evaluate import evaluate_model
-from retrieval.tokenizer import Vocabulary
-from retrieval.train import EpochEvent, StepEvent, train
+from retrieval.core.captions import ImageCaptions, load_captions
+from retrieval.core.checkpoint import checkpoint_summary, load_model
+from retrieval.core.config import ModelConfig, TrainConfig
+from retrieval.core.data import PairDataset, collate
+from retrieval.core.errors import CaptionsError, ConfigError
+from retrieval.core.evaluate import evaluate_model
+from retrieval.core.tokenizer import Vocabulary
+from retrieval.core.train import EpochEvent, StepEvent, train
 from trained_model import SHAPES, draw_shape
 
 COLOURS = ("red", "green", "blue", "yellow")  # a subset of trained_model.COLOURS

@@ -21,12 +21,13 @@ import pytest
 import torch
 
 from conftest import make_image, run_main
-from indexer import layout, store as store_module
+from indexer import store as store_module
+from indexer.index import db_path
 from indexer.pipeline import build_index
 from indexer.store import Store
-from retrieval.checkpoint import FORMAT, VERSION
-from retrieval.errors import QueryError
-from retrieval.search import SearchEngine
+from retrieval.core.checkpoint import FORMAT, VERSION
+from retrieval.core.errors import QueryError
+from retrieval.app.search import SearchEngine
 
 IMAGES = 6
 SECONDS = 10.0  # "bounded time": far above what any of these takes (tens of ms), far below a hang
@@ -174,7 +175,7 @@ def test_an_endless_filter_is_stopped_and_says_so(engine: SearchEngine, monkeypa
 
 def test_a_read_only_connection_refuses_every_write_whatever_reaches_it(index: Path) -> None:
     """Defence in depth: even a statement that got past the filter syntax could only read."""
-    with Store.open(layout.db_path(index), readonly=True) as store:
+    with Store.open(db_path(index), readonly=True) as store:
         conn = store.db.conn
         for statement in ("CREATE TEMP TABLE t (x)", f"ATTACH DATABASE '{index / 'x.db'}' AS x",
                           "PRAGMA query_only = 0", "PRAGMA journal_mode = delete", "DELETE FROM images",

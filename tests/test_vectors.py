@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from indexer import vectors
-from retrieval.errors import ConfigError
+from retrieval.core.errors import ConfigError
 
 DIM = 16
 TYPES = ["Flat", "HNSW32,Flat", "IVF8,Flat", "IVF8,SQ8"]  # every kind choose_index_type returns
@@ -111,7 +111,7 @@ def test_save_is_atomic_and_load_keeps_ids_and_search_parameters(factory: str, d
 
 
 def test_load_of_a_bad_file_is_an_index_store_error(tmp_path: Path) -> None:
-    from retrieval.errors import IndexStoreError
+    from retrieval.core.errors import IndexStoreError
 
     (tmp_path / "broken.faiss").write_bytes(b"not faiss")
     with pytest.raises(IndexStoreError, match="unreadable FAISS index"):
@@ -119,7 +119,7 @@ def test_load_of_a_bad_file_is_an_index_store_error(tmp_path: Path) -> None:
 
 
 def test_save_failure_is_an_index_store_error(tmp_path: Path) -> None:
-    from retrieval.errors import IndexStoreError
+    from retrieval.core.errors import IndexStoreError
 
     with pytest.raises(IndexStoreError, match="cannot save the FAISS index"):
         vectors.save(vectors.build("Flat", DIM), tmp_path / "missing-folder" / "vectors.1.faiss")

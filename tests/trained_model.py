@@ -25,8 +25,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from retrieval.captions import ImageCaptions
-from retrieval.config import ModelConfig, TrainConfig
+from retrieval.core.captions import ImageCaptions
+from retrieval.core.config import ModelConfig, TrainConfig
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (235, 215, 30),
            "purple": (150, 40, 180)}
@@ -109,7 +109,7 @@ def training_items(folder: Path, seed: int = 0) -> tuple[list[ImageCaptions], li
 
 def train_tiny_model(folder: Path) -> Path:
     """Train the tiny model on one thread; returns the checkpoint ``folder/shapes.pt``."""
-    from retrieval.train import train
+    from retrieval.core.train import train
 
     train_items, val_items = training_items(folder / "images")
     threads = torch.get_num_threads()

@@ -1,0 +1,101 @@
+"""The fusion head: a second-stage scorer in which each word of a caption attends over an image's regions.
+
+A dual encoder squeezes an image into one vector, so "a red cross above a green star" can score higher on
+scenes that hold the named colours on other shapes. The head instead keeps the trunk's map before pooling
+([B, C, h, w], e.g. 4x4) as R = h*w region vectors and scores text-to-image attention (SCAN, Lee et al. 2018):
+
+    word t -> cosine to every region -> softmax(attention x cosine) -> attended region vector a_t
+    relevance r_t = cos(word t, a_t)  ->  pooled over words: log(mean exp(pool x r_t)) / pool  (0: mean)
+    score = (1 - mix) x fused + mix x global cosine of the dual encoder   (mix learned, in (0, 1))
+
+Every part is a cosine or a convex mix of cosines, so a score lies in [-1, 1] like the first stage's.
+Regions are projected (and position-coded) once, at index time, to ``fusion_dim`` and stored; a query
+only runs the word side. The head is optional: ``DualEncoder.fusion`` is None for models without one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retrieval.core.config import ModelConfig
+
+
+class RegionProjector(nn.Module):
+    """Trunk map [B, C, h, w] -> unit region vectors [B, h*w, d], each knowing where it lies."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(channels, dim)
+        self.position = nn.Linear(2, dim)  # (x, y) in [-1, 1]: any grid size, no stored table
+
+    def forward(self, trunk_map: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = trunk_map.shape
+        features = trunk_map.float().flatten(2).transpose(1, 2)  # [B, R, C], row-major over (y, x)
+        ys = torch.linspace(-1, 1, height, device=features.device)
+        xs = torch.linspace(-1, 1, width, device=features.device)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # [R, 2] (x, y)
+        return F.normalize(self.proj(features) + self.position(grid), dim=-1)
+
+
+class WordProjector(nn.Module):
+    """Per-word states [B, L, S] (GRU state beside the word's embedding) -> unit word vectors [B, L, d]."""
+
+    def __init__(self, state_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(state_dim, dim)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(states.float()), dim=-1)
+
+
+class FusionHead(nn.Module):
+    """Both projections and the scorer. ``regions`` is None in a text-only model (queries need no CNN)."""
+
+    def __init__(self, config: ModelConfig, channels: int | None, state_dim: int):
+        super().__init__()
+        self.attention = float(config.fusion_attention)
+        self.pool = float(config.fusion_pool)
+        self.regions = RegionProjector(channels, config.fusion_dim) if channels is not None else None
+        self.words = WordProjector(state_dim, config.fusion_dim)
+        self.mix_logit = nn.Parameter(torch.tensor(0.0))  # share of the global cosine in the score
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # training only: softmax sharpness
+
+    @property
+    def mix(self) -> torch.Tensor:
+        return torch.sigmoid(self.mix_logit)
+
+    def fused(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """words [..., L, d], lengths [...], regions [..., R, d] (unit vectors; leading dims broadcast) -> [...]."""
+        cosine = words @ regions.transpose(-1, -2)  # [..., L, R]
+        attended = F.normalize(torch.softmax(self.attention * cosine, dim=-1) @ regions, dim=-1)  # [..., L, d]
+        relevance = (attended * words).sum(-1)  # [..., L]
+        steps = torch.arange(relevance.shape[-1], device=relevance.device)
+        valid = steps < lengths.to(relevance.device).unsqueeze(-1)  # [..., L]
+        count = valid.sum(-1).clamp(min=1)
+        if self.pool <= 0:
+            return (relevance * valid).sum(-1) / count
+        weights = torch.exp(self.pool * (relevance - 1)) * valid  # shifted by the maximum possible: no overflow
+        return 1 + torch.log(weights.sum(-1) / count) / self.pool
+
+    def score(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+              global_score: torch.Tensor) -> torch.Tensor:
+        """Final score of each pair (same broadcasting as :meth:`fused`; ``global_score`` the dual encoder's)."""
+        return (1 - self.mix) * self.fused(words, lengths, regions) + self.mix * global_score
+
+    def score_matrix(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+                     global_scores: torch.Tensor) -> torch.Tensor:
+        """words [B, L, d], lengths [B], regions [N, R, d], global_scores [B, N] -> scores [B, N]."""
+        return self.score(words[:, None], lengths[:, None], regions[None], global_scores)
+
+
+def quantize_regions(regions: torch.Tensor) -> torch.Tensor:
+    """Unit region vectors [..., R, d] float -> int8 codes [..., R, d] (d/127 steps of a unit cube)."""
+    return (regions.float() * 127).round().clamp(-127, 127).to(torch.int8)
+
+
+def dequantize_regions(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes -> unit region vectors (re-normalised: the rounding error barely moves a direction)."""
+    return F.normalize(codes.float(), dim=-1)
