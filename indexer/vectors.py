@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import faiss
 import numpy as np
 
+from retrieval.core.atomic import atomic_write
 from retrieval.core.errors import ConfigError, IndexStoreError
 
 # Measured with scripts/bench_query.py, one query on one core (BENCHMARKS.md, "Query latency and index types").
@@ -190,26 +190,13 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, ids: np.ndarray | li
 
 
 def save(index: faiss.Index, path: str | os.PathLike) -> None:
-    """Write atomically: a temp file in the same folder, fsync, rename, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write atomically and durably (:func:`~retrieval.core.atomic.atomic_write`)."""
     try:
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)):  # a full disk, a read-only folder
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _faiss_message(exc)
-            raise IndexStoreError(f"{path}: cannot save the FAISS index ({reason})") from exc
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with atomic_write(path) as tmp:
+            faiss.write_index(index, str(tmp))
+    except (OSError, RuntimeError) as exc:  # a full disk, a read-only folder
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _faiss_message(exc)
+        raise IndexStoreError(f"{path}: cannot save the FAISS index ({reason})") from exc
 
 
 def load(path: str | os.PathLike) -> faiss.Index:

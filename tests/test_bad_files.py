@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import make_image
+from helpers import make_image
 from indexer import executor, pipeline, vectors
 from indexer.index import Index, db_path
 from retrieval.core.decode import Decoder

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CAPTIONS, TINY_CONFIG
+from helpers import CAPTIONS, TINY_CONFIG
 from indexer import vectors
 from indexer.index import Index, db_path
 from indexer.pipeline import build_index

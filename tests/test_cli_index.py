@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import IMAGE_COUNT, RUN_AND_REPORT_TORCH
+from helpers import IMAGE_COUNT, RUN_AND_REPORT_TORCH
 from retrieval.app.cli import cli, main
 
 
@@ -77,8 +77,14 @@ def test_index_elsewhere_and_info(image_folder: Path, tiny_model_path: Path, tmp
     assert data["index"]["images"] == IMAGE_COUNT and data["index"]["vectors_current"] is True
     assert data["index"]["size_bytes"] > 0 and data["index"]["updated_at"]
     run("index", image_folder, "-q", "--model", tiny_model_path)  # default location, found from the folder
-    monkeypatch.chdir(image_folder)
+    monkeypatch.chdir(image_folder / "sub")  # found in a parent folder, as search finds it
     assert json.loads(run("info", "--json").stdout)["index"]["index_dir"] == str((image_folder / ".vlsearch").resolve())
+    monkeypatch.setenv("VLSEARCH_INDEX", str(index_dir))  # ... unless $VLSEARCH_INDEX names one
+    assert json.loads(run("info", "--json").stdout)["index"]["index_dir"] == str(index_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VLSEARCH_INDEX")
+    missing = run("info")
+    assert missing.exit_code != 0 and "no index found" in str(missing.exception)
 
 
 def test_info_describes_a_model_checkpoint(tiny_model_path: Path) -> None:

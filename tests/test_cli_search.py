@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import RUN_AND_REPORT_TORCH
-from conftest import run_main as run_vlsearch
+from helpers import RUN_AND_REPORT_TORCH, run_main
 from retrieval.core.errors import IndexStoreError, ModelMismatchError, QueryError
 from retrieval.core.checkpoint import checkpoint_summary
-from retrieval.app.cli import cli, main
+from retrieval.app.cli import cli
 from retrieval.core.device import score_tolerance
 from retrieval.app.search import INDEX_ENV
 from trained_model import one_thread, shapes_index, trained_model_path  # noqa: F401
@@ -44,16 +43,6 @@ def index(folder: Path) -> Path:
 
 def search(*args: object) -> Result:
     return CliRunner().invoke(cli, ["search", *map(str, args)])
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object
-             ) -> tuple[int, str, str]:
-    """The console entry point in this process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["vlsearch", "search", *map(str, args)])
-    with pytest.raises(SystemExit) as stopped:
-        main()
-    out, err = capsys.readouterr()
-    return stopped.value.code, out, err
 
 
 def images_table(index: Path) -> list[tuple]:
@@ -188,16 +177,16 @@ def test_a_text_file_as_model_is_named_as_such(index: Path, tmp_path: Path, monk
                                                capsys: pytest.CaptureFixture[str]) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# vlsearch\n")
-    code, out, err = run_main(monkeypatch, capsys, "a red circle", "--index", index, "--model", readme)
+    code, out, err = run_main(monkeypatch, capsys, "search", "a red circle", "--index", index, "--model", readme)
     assert (code, out, err) == (1, "", f"Error: {readme} is not a vlsearch model file\n")
 
 
 def test_an_empty_index_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                 tiny_model_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    code, _, _ = run_vlsearch(monkeypatch, capsys, "index", tmp_path / "empty", "--model", tiny_model_path)
+    code, _, _ = run_main(monkeypatch, capsys, "index", tmp_path / "empty", "--model", tiny_model_path)
     assert code == 1
-    code, out, err = run_main(monkeypatch, capsys, "a red circle", "--index", tmp_path / "empty")
+    code, out, err = run_main(monkeypatch, capsys, "search", "a red circle", "--index", tmp_path / "empty")
     assert (code, out) == (1, "")
     assert err.startswith("Error: the index is empty") and len(err.splitlines()) == 1
 
@@ -232,7 +221,7 @@ def test_no_index_here_or_above(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_where_that_writes_exits_2_and_changes_nothing(index: Path, where: str, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     before = images_table(index)
-    code, out, err = run_main(monkeypatch, capsys, "a red circle", "--index", index, "--where", where)
+    code, out, err = run_main(monkeypatch, capsys, "search", "a red circle", "--index", index, "--where", where)
     assert (code, out) == (2, "")
     assert err.startswith("Error: cannot filter images with") and len(err.splitlines()) == 1
     assert images_table(index) == before
@@ -247,7 +236,7 @@ def test_another_model_is_refused_naming_both(index: Path, tiny_model_path: Path
     other = checkpoint_summary(tiny_model_path)["identity"]
     result = search("a red circle", "--index", index, "--model", tiny_model_path)
     assert isinstance(result.exception, ModelMismatchError)
-    code, out, err = run_main(monkeypatch, capsys, "a red circle", "--index", index, "--model", tiny_model_path)
+    code, out, err = run_main(monkeypatch, capsys, "search", "a red circle", "--index", index, "--model", tiny_model_path)
     assert (code, out) == (1, "")
     assert len(err.splitlines()) == 1 and built_with in err and other in err
 

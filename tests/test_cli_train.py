@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers import COLOURS, run_main
 from retrieval.core.checkpoint import checkpoint_summary
-from retrieval.app.cli import cli, main
+from retrieval.app.cli import cli
 from retrieval.core.errors import CaptionsError
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
 TINY_OPTIONS = ["--image-size", "32", "--embed-dim", "32", "--hidden-size", "32", "--batch-size", "8",
                 "--workers", "0", "--device", "cpu"]
 
@@ -28,7 +28,8 @@ def captions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cli-data")
     rows = []
     for split, count in (("train", 3), ("val", 1), ("test", 1)):
-        for colour, rgb in COLOURS.items():
+        for colour in ("red", "green", "blue"):
+            rgb = COLOURS[colour]
             for shape in ("square", "bar"):
                 for k in range(count):
                     name = f"{colour}_{shape}_{split}{k}.png"
@@ -48,15 +49,6 @@ def trained(captions: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
                                       "--no-augment", "--captions-per-image", "2", "--pair-weight", "0.5",
                                       *TINY_OPTIONS])
     return result, out
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the console entry point in-process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["vlsearch", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_train_writes_a_checkpoint_and_reports_the_best_epoch(trained):  # type: ignore[no-untyped-def]

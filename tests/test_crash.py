@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CAPTIONS, TINY_CONFIG, make_image, run_main
+from helpers import CAPTIONS, TINY_CONFIG, make_image, run_main
 from indexer import vectors
 from indexer.index import Index, db_path, lock_path, faiss_files
 from indexer.pipeline import build_index

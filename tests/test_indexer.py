@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import IMAGE_COUNT, make_image
+from helpers import IMAGE_COUNT, make_image
 from indexer import vectors
 from indexer.index import Index, db_path, lock_path, faiss_files
 from retrieval.core.decode import Decoder

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import IMAGE_COUNT
+from helpers import IMAGE_COUNT
 from indexer import vectors
 from indexer.index import Index, db_path, lock_path, faiss_files
 from indexer.pipeline import build_index

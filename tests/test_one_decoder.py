@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CAPTIONS, TINY_CONFIG
+from helpers import CAPTIONS, TINY_CONFIG
 from indexer.pipeline import build_index
 from retrieval.core.captions import ImageCaptions
 from retrieval.core.checkpoint import load_model, save_checkpoint

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from conftest import make_image
+from helpers import make_image
 from indexer import vectors
 from indexer.index import Index, db_path
 from indexer.pipeline import build_index

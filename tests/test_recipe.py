@@ -132,7 +132,7 @@ def test_a_bad_recipe_is_one_line_naming_the_key(tmp_path: Path, content: object
 
 
 def test_cli_errors_for_recipes_and_data(monkeypatch, capsys, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from conftest import run_main
+    from helpers import run_main
 
     code, _, err = run_main(monkeypatch, capsys, "train", "--recipe", str(tmp_path / "none.json"), "--out",
                             str(tmp_path / "m.pt"))

@@ -175,7 +175,7 @@ def test_a_recipe_fusion_stage_adds_a_head_to_its_init_model(scenes: Path, model
 
 def test_eval_rerank_prints_both_stages(scenes: Path, models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import run_main
+    from helpers import run_main
 
     code, out, err = run_main(monkeypatch, capsys, "eval", "--model", models[1], "--captions",
                               scenes / "captions.jsonl", "--rerank", 10)

@@ -220,7 +220,7 @@ def test_stats(client: TestClient, engine: SearchEngine, served) -> None:
 
 
 def test_reindexed_collection_is_served_without_restart(served, tmp_path: Path) -> None:
-    from trained_model import draw_shape
+    from helpers import draw_shape
 
     folder = tmp_path / "photos"
     shutil.copytree(served[0], folder)

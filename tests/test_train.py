@@ -23,9 +23,9 @@ from retrieval.core.errors import CaptionsError, ConfigError
 from retrieval.core.evaluate import evaluate_model
 from retrieval.core.tokenizer import Vocabulary
 from retrieval.core.train import EpochEvent, StepEvent, train
-from trained_model import SHAPES, draw_shape
+from helpers import SHAPES, draw_shape
 
-COLOURS = ("red", "green", "blue", "yellow")  # a subset of trained_model.COLOURS
+COLOURS = ("red", "green", "blue", "yellow")  # a subset of helpers.COLOURS
 PER_CLASS = {"train": 12, "val": 4, "test": 4}
 SIZE = 32
 

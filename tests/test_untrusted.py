@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image, run_main
+from helpers import make_image, run_main
 from indexer import store as store_module
 from indexer.index import db_path
 from indexer.pipeline import build_index

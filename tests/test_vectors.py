@@ -121,5 +121,6 @@ def test_load_of_a_bad_file_is_an_index_store_error(tmp_path: Path) -> None:
 def test_save_failure_is_an_index_store_error(tmp_path: Path) -> None:
     from retrieval.core.errors import IndexStoreError
 
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(IndexStoreError, match="cannot save the FAISS index"):
-        vectors.save(vectors.build("Flat", DIM), tmp_path / "missing-folder" / "vectors.1.faiss")
+        vectors.save(vectors.build("Flat", DIM), tmp_path / "a-file" / "vectors.1.faiss")

@@ -23,14 +23,12 @@ from typing import Iterator
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
+from helpers import SHAPES, draw_shape
 from retrieval.core.captions import ImageCaptions
 from retrieval.core.config import ModelConfig, TrainConfig
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (235, 215, 30),
-           "purple": (150, 40, 180)}
-SHAPES = ("circle", "square", "triangle")
+COLOURS = ("red", "green", "blue", "yellow", "purple")  # of helpers.COLOURS
 CLASSES = [(colour, shape) for colour in COLOURS for shape in SHAPES]
 MODEL_CONFIG = ModelConfig(backbone="resnet18", image_size=32, embed_dim=32, word_dim=32, hidden_size=32)
 TRAIN_CONFIG = TrainConfig(epochs=6, batch_size=32, lr=2e-3, augment=False, warmup_epochs=0.5, workers=0,
@@ -46,24 +44,6 @@ def hard_negatives(colour: str, shape: str) -> list[str]:
     """Captions false for this image by one word: they teach shape as much as colour."""
     return ([f"a {colour} {other}" for other in SHAPES if other != shape]
             + [f"a {other} {shape}" for other in COLOURS if other != colour])
-
-
-def draw_shape(rng: random.Random, colour: str, shape: str, size: int = 32) -> Image.Image:
-    """One filled ``colour`` ``shape`` (its side 9/16 to 13/16 of the image) somewhere on a grey-ish background."""
-    grey = [rng.randint(80, 170)] * 3
-    background = tuple(g + rng.randint(-12, 12) for g in grey)
-    image = Image.new("RGB", (size, size), background)
-    side = rng.randint(size * 9 // 16, size * 13 // 16)
-    x, y = rng.randint(1, size - side - 1), rng.randint(1, size - side - 1)
-    fill = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[colour])
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse([x, y, x + side, y + side], fill=fill)
-    elif shape == "square":
-        draw.rectangle([x, y, x + side, y + side], fill=fill)
-    else:
-        draw.polygon([(x + side / 2, y), (x, y + side), (x + side, y + side)], fill=fill)
-    return image
 
 
 def shape_files(per_class: int) -> list[tuple[str, str, str, int, str]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import threading
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
@@ -30,6 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, create_model
 
+from retrieval.core.atomic import atomic_write
 from retrieval.core.decode import load_rgb
 
 from retrieval.core.errors import DecodeError, QueryError, VlsearchError
@@ -136,16 +136,9 @@ def thumbnail(source: Path, cache_dir: Path, content_hash: str, size: int = THUM
     buffer = io.BytesIO()
     rgb.save(buffer, "JPEG", quality=85)
     data = buffer.getvalue()
-    try:  # write then rename: a concurrent reader sees the whole file or none
-        cache_dir.mkdir(exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-            os.replace(temp, cached)
-        except BaseException:
-            os.unlink(temp)
-            raise
+    try:  # a concurrent reader sees the whole file or none; a cache, so not fsynced
+        with atomic_write(cached, durable=False) as temp:
+            temp.write_bytes(data)
     except OSError:
         pass  # a read-only index: serve it uncached
     return data

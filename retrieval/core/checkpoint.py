@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from retrieval.core.atomic import atomic_write
 from retrieval.core.config import ModelConfig, default_model_path, resolve_model  # noqa: F401 (default_model_path: API)
 from retrieval.core.errors import CheckpointError
 from retrieval.core.model import DualEncoder
@@ -73,22 +73,9 @@ def save_checkpoint(model: DualEncoder, path: str | os.PathLike, metrics: dict[s
 
 
 def write_payload(payload: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write a checkpoint payload atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a shared model unreadable to others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a checkpoint payload atomically and durably (:func:`~retrieval.core.atomic.atomic_write`)."""
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

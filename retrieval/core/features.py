@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from retrieval.core.atomic import atomic_write
 from retrieval.core.captions import ImageCaptions
 from retrieval.core.decode import load_rgb
 from retrieval.core.errors import DecodeError
@@ -149,10 +150,8 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
 
 
 def _save(path: Path, features: torch.Tensor, failed: list[int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"features": features, "failed": failed}, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save({"features": features, "failed": failed}, tmp)
 
 
 def _continue(encoder: torch.nn.Module, features: torch.Tensor, stored_tail: int, tail_stages: int,
