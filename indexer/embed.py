@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from retrieval.core.device import autocast, resolve_device, resolve_precision, set_threads, unit_vectors
+from retrieval.core.errors import CheckpointError
+
 if TYPE_CHECKING:  # torch is imported at the first batch: an index run with nothing to embed never loads it
     import torch
 
@@ -25,7 +28,6 @@ if TYPE_CHECKING:  # torch is imported at the first batch: an index run with not
 @dataclass(frozen=True)
 class ModelHeader:
     """What indexing needs to know of a checkpoint before embedding anything."""
-
     identity: str
     dim: int
     image_size: int
@@ -43,7 +45,6 @@ class ModelHeader:
 
 class ImageEmbedder:
     """Callable over batches; holds the model on its device in eval mode."""
-
     def __init__(self, model: DualEncoder | str | os.PathLike, device: str | torch.device = "auto",
                  precision: str = "auto", header: ModelHeader | None = None, threads: int | None = None):
         """``model``: a loaded model, or a checkpoint path (its weights are loaded at the first batch, and
@@ -64,21 +65,16 @@ class ImageEmbedder:
 
     @cached_property
     def device(self) -> torch.device:
-        from retrieval.core.device import resolve_device
-
         option = self._device_option
         return option if not isinstance(option, str) else resolve_device(option)
 
     @cached_property
     def dtype(self) -> torch.dtype:
-        from retrieval.core.device import resolve_precision
-
         return resolve_precision(self._precision, self.device)
 
     def _prepare(self, model: DualEncoder) -> None:
         import torch
 
-        from retrieval.core.device import set_threads
 
         if self.threads:
             set_threads(self.threads)
@@ -90,7 +86,6 @@ class ImageEmbedder:
         """The model on its device, in eval mode and channels_last (loaded from the checkpoint at first use)."""
         if self._model is None:
             from retrieval.core.checkpoint import load_model
-            from retrieval.core.errors import CheckpointError
 
             model = load_model(self.path, device=self.device)
             if model.identity != self.identity:
@@ -107,7 +102,6 @@ class ImageEmbedder:
         a head), from the same trunk pass."""
         import torch
 
-        from retrieval.core.device import autocast, unit_vectors
         from retrieval.core.transforms import prepare_batch
 
         model = self.model

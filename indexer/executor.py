@@ -11,16 +11,16 @@ This module holds what both share: the per-file work (:func:`prepare`) and the m
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from indexer.index import Index, db_path
-from retrieval.core.decode import Decoder, ImageInfo, probe
 from indexer.embed import ModelHeader
+from indexer.index import Index, db_path
 from indexer.scan import SNIFF_BYTES, FileEntry, content_hash, sniff
 from retrieval.core.config import resolve_model as resolve_model_path
-from retrieval.core.errors import CheckpointError, IndexStoreError, VlsearchError, DecodeError
+from retrieval.core.decode import Decoder, ImageInfo, probe
+from retrieval.core.errors import CheckpointError, DecodeError, IndexStoreError, VlsearchError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +40,6 @@ class Job:
 @dataclass
 class Prepared:
     """A file read, hashed and, unless its bytes are indexed already, decoded and embedded."""
-
     job: Job
     hash: str = ""
     info: ImageInfo | None = None
@@ -54,7 +53,6 @@ class Prepared:
 @dataclass
 class ModelRef:
     """The index's model as executors need it: its header, and a loaded model or a checkpoint to load."""
-
     header: ModelHeader
     path: Path | None = None  # the checkpoint; None for a model passed in loaded
     loaded: DualEncoder | None = field(default=None, repr=False)
@@ -64,7 +62,6 @@ class ModelRef:
 
 class Executor(Protocol):
     """Turns planned jobs into prepared files with their vectors; writes nothing."""
-
     def embed(self, jobs: list[Job], known_hashes: set[str]) -> Iterator[Prepared]:
         """Each job once, in any order. ``known_hashes`` (it only grows while this runs) holds the hashes
         with a stored vector. An item comes back without a vector only if its hash was in ``known_hashes``
@@ -145,7 +142,6 @@ def _fusion_identity(model: DualEncoder) -> str:
     if model.fusion is None:
         return ""
     if not model.fusion_identity:
-        from dataclasses import asdict
 
         from retrieval.core.checkpoint import fusion_identity
 
@@ -170,7 +166,6 @@ def _recorded_header(index_dir: Path, model_path: str, model_stat: str) -> Model
 @dataclass
 class RayOptions:
     """Where and how ``engine="ray"`` runs (see :mod:`indexer.executor_ray`)."""
-
     address: str | None = None  # "auto", "HOST:PORT", or None: a cluster in this process (RAY_ADDRESS if set)
     workers: int | None = None  # actors; default: one per GPU share, else one per CPU of the cluster
     gpus_per_worker: float = 0.0

@@ -3,6 +3,7 @@ the dataclass's default in the option and in the help text, and a new field need
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from retrieval.core.captions import FORMATS
-from retrieval.app.cli import cli
+from retrieval.app.cli import COMMANDS, cli
 from retrieval.core.options import config_fields, config_options, convert_field, explicit, field_default, shown
 from retrieval.app.cli_train import train
 from retrieval.core.config import DataConfig, ModelConfig, TrainConfig
@@ -167,3 +168,12 @@ def test_a_name_in_two_dataclasses_is_refused():
 
     with pytest.raises(TypeError, match="'epochs' is in both TrainConfig and Clash"):
         config_fields(TrainConfig, Clash)
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_the_command_table_says_what_each_command_says_of_itself(name: str) -> None:
+    """`vlsearch --help` lists commands without importing them; its lines are the commands' own first lines."""
+    module, attribute, line = COMMANDS[name]
+    command = getattr(importlib.import_module(module), attribute)
+    assert command.help.strip().splitlines()[0] == line
+    assert line in CliRunner().invoke(cli, ["--help"], terminal_width=200).stdout

@@ -14,15 +14,22 @@ import click
 from retrieval._version import __version__
 from retrieval.core.errors import QueryError, VlsearchError
 
-# name -> (module, attribute, one-line help shown by `vlsearch --help`)
+# name -> (module, attribute, one-line help shown by `vlsearch --help`: the first line of the command's
+# docstring, kept here so that --help imports no command; tests/test_cli_options.py checks they agree)
 COMMANDS = {
-    "demo": ("retrieval.app.cli_demo", "demo", "Generate a demo folder, index it with the default model and search it."),
+    "demo": ("retrieval.app.cli_demo", "demo",
+             "Generate a folder of unseen scenes, index it, and run example queries."),
     "index": ("retrieval.app.cli_index", "index", "Build or update the index of an image folder."),
-    "search": ("retrieval.app.cli_search", "search", "Search an index with a sentence (or an example image)."),
-    "info": ("retrieval.app.cli_index", "info", "Show what an index holds (and which model made it)."),
-    "train": ("retrieval.app.cli_train", "train", "Train a model on captioned images."),
-    "eval": ("retrieval.app.cli_train", "eval_command", "Evaluate a model: R@1/5/10 for text->image and image->text."),
-    "serve": ("retrieval.app.cli_serve", "serve", "Serve the search API and web page over HTTP."),
+    "search": ("retrieval.app.cli_search", "search",
+               "Find the indexed images that best match a sentence QUERY (or an example image)."),
+    "info": ("retrieval.app.cli_index", "info",
+             "Show what an index holds (and which model made it), or describe a model checkpoint."),
+    "train": ("retrieval.app.cli_train", "train",
+              "Train a model on captioned images (or a recipe); keeps the best epoch by validation rsum."),
+    "eval": ("retrieval.app.cli_train", "eval_command",
+             "Evaluate a model: text->image and image->text R@1/5/10, median/mean rank and rsum."),
+    "serve": ("retrieval.app.cli_serve", "serve",
+              "Serve the search API and a web page for one index (model and index are loaded once)."),
 }
 
 # --index of the commands that read an index (search, info, serve): how it is found when not given

@@ -32,7 +32,7 @@ from retrieval.core.errors import IndexStoreError, QueryError
 def search(query: str | None, index_dir: Path | None, k: int, image_path: Path | None, as_json: bool,
            paths_only: bool, min_score: float | None, where: str | None, glob_pattern: str | None,
            model_path: str | None, rerank: int | None) -> None:
-    """Find the indexed images that best match QUERY.
+    """Find the indexed images that best match a sentence QUERY (or an example image).
 
     A warning names the query words the model does not know (they change nothing), and says so when it knows
     none of them. Exit status: 0 with results (or none above --min-score), 1 when there is no index or it is
@@ -56,7 +56,8 @@ def search(query: str | None, index_dir: Path | None, k: int, image_path: Path |
 
     found = find_index(index_dir)
     from indexer.scan import printable
-    from retrieval.app.search import SearchEngine, json_bytes, results_document  # torch: only once the options make sense
+    # torch: only once the options make sense
+    from retrieval.app.search import SearchEngine, json_bytes, results_document
 
     words = None
     with SearchEngine.open(found, model=model_path) as engine:

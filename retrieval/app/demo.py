@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from retrieval.core.scenes.scene import Meaning, Mention, Relation, Scene
+from indexer.pipeline import build_index
+from retrieval.app.search import SearchEngine
+from retrieval.core.config import DEMO_MODEL
+from retrieval.core.scenes.corpus import generate_folder, load_scenes
+from retrieval.core.scenes.scene import Meaning, Mention, Relation, Scene, satisfies
 
 DEMO_SEED = 2026  # the default model was trained on seed 1: these scenes are unseen
 DEFAULT_COUNT = 2000
@@ -111,13 +115,6 @@ def run_demo(out_dir: str | os.PathLike = "vlsearch-demo", count: int = DEFAULT_
 
     Running it again reuses what is there: unchanged images are neither redrawn nor re-embedded.
     """
-    from indexer.pipeline import build_index
-    from retrieval.core.scenes.corpus import generate_folder, load_scenes
-    from retrieval.core.scenes.scene import satisfies
-    from retrieval.app.search import SearchEngine
-
-    from retrieval.core.config import DEMO_MODEL
-
     model = DEMO_MODEL if model is None else model
     started = time.perf_counter()
     out = Path(out_dir)

@@ -12,12 +12,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import torch
 
 from retrieval.core.errors import QueryError
+from retrieval.core.fusion import dequantize_regions
 
 if TYPE_CHECKING:
-    from retrieval.core.model import DualEncoder
     from retrieval.app.search import Hit
+    from retrieval.core.model import DualEncoder
 
 DEFAULT_DEPTH = 100  # candidates re-ranked when the model has a head (BENCHMARKS.md, "Re-ranking")
 MAX_DEPTH = 10000
@@ -38,9 +40,7 @@ def rerank(model: DualEncoder, text: str, hits: Sequence[Hit], regions: dict[int
     stored int8 codes. Without a head, or with a candidate lacking regions, the first ``k`` hits as they are."""
     if model.fusion is None or not hits or any(hit.id not in regions for hit in hits):
         return list(hits[:k])
-    import torch
 
-    from retrieval.core.fusion import dequantize_regions
 
     dim = model.fusion.words.proj.out_features
     codes = np.stack([np.frombuffer(regions[hit.id], dtype=np.int8).reshape(-1, dim) for hit in hits])

@@ -18,19 +18,24 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from indexer import vectors
+from indexer.embed import ImageEmbedder
 from indexer.index import INDEX_ENV, Index, find_index  # noqa: F401  (part of this module's API)
 from indexer.store import IndexMeta, Store
+from retrieval.app import rerank as second
 from retrieval.core.checkpoint import load_model, read_checkpoint
 from retrieval.core.config import MODELS, resolve_model, shipped_model_path
-from retrieval.core.errors import CheckpointError, QueryError
+from retrieval.core.decode import Decoder, to_rgb
+from retrieval.core.device import set_threads, unit_vectors
+from retrieval.core.errors import CheckpointError, DecodeError, QueryError
+
 
 @dataclass(frozen=True)
 class Hit:
     """One result: the stored metadata of an indexed image and its similarity to the query."""
-
     id: int
     path: str  # relative to the indexed folder, '/'-separated
     abs_path: str
@@ -52,7 +57,6 @@ class Hit:
 @dataclass(frozen=True)
 class QueryWords:
     """What the model makes of a text query's words (stop words such as "a" and "the" aside)."""
-
     unknown: list[str]  # content words it has never seen: read as <unk>, they change nothing
     meaningless: bool  # it knows none of the content words: the ranking says nothing about the query
 
@@ -96,7 +100,6 @@ def _model_for_index(meta: IndexMeta, model: str | os.PathLike | None) -> Path:
 
 class SearchEngine:
     """An open index plus the model that built it. Create with :meth:`open`; close (or use ``with``)."""
-
     def __init__(self, index: Index, model_path: Path, device: str = "cpu"):
         self.index = index
         self.model_path = model_path
@@ -114,8 +117,6 @@ class SearchEngine:
     def open(cls, index_dir: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
              device: str = "cpu") -> "SearchEngine":
         """Open an index (discovered like :func:`find_index` when not given) read-only, with its model."""
-        from retrieval.core.device import set_threads
-
         set_threads()
         index = Index.open(find_index(index_dir))
         try:
@@ -178,11 +179,8 @@ class SearchEngine:
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Sentences -> unit vectors [N, D] float32."""
-        import torch
-
         if isinstance(texts, str):
             raise TypeError("encode_text takes a list of strings")
-        from retrieval.core.device import unit_vectors
 
         with self._lock, torch.inference_mode():
             return unit_vectors(self._text_model.encode_captions(list(texts))).cpu().numpy()
@@ -190,10 +188,6 @@ class SearchEngine:
     def encode_image(self, image: str | os.PathLike | bytes | Image.Image) -> np.ndarray:
         """An image (path, file bytes or PIL image) -> unit vector [1, D] float32, decoded and embedded as the
         indexer does (a PIL image skips the decoder's EXIF and size steps: pass the file when there is one)."""
-        from indexer.embed import ImageEmbedder
-        from retrieval.core.decode import Decoder, to_rgb
-        from retrieval.core.errors import DecodeError
-
         if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
             raise QueryError(f"no such file: {image}")
         with self._lock:
@@ -216,8 +210,6 @@ class SearchEngine:
         ``rerank``: how many of FAISS's nearest (after the filters; ``min_score`` applies to their FAISS
         score) the model's fusion head re-orders (:mod:`retrieval.app.rerank`); None: 100 when the model has a
         head and the index its regions, 0: off."""
-        from retrieval.app import rerank as second
-
         if not isinstance(text, str) or not any(ch.isprintable() and not ch.isspace() for ch in text):
             raise QueryError("the query is empty; describe the image you are looking for")
         vector = self.encode_text([text])[0]

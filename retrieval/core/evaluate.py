@@ -10,12 +10,19 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
+
+from retrieval.core.captions import load_captions
+from retrieval.core.checkpoint import load_model
+from retrieval.core.data import cache_images
+from retrieval.core.device import autocast, resolve_device, resolve_precision, set_threads, unit_vectors
+from retrieval.core.errors import CaptionsError
+from retrieval.core.transforms import prepare_batch
 
 
 @dataclass
 class Recall:
     """Recall in percent at 1/5/10, median and mean rank (1-based)."""
-
     r1: float
     r5: float
     r10: float
@@ -85,10 +92,6 @@ def folded_metrics(image_vectors: np.ndarray, caption_vectors: np.ndarray, capti
 
 def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
     """Sentences -> unit vectors [N, D] (float32 numpy)."""
-    import torch
-
-    from retrieval.core.device import unit_vectors
-
     chunks = [np.zeros((0, model.config.embed_dim), dtype=np.float32)]
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
@@ -102,10 +105,6 @@ def embed_set(model: Any, items: Sequence[Any], embed_images: Callable[[range], 
 
     Returns (image vectors [I, D], caption vectors [C, D], caption_image [C]).
     """
-    import torch
-
-    from retrieval.core.device import autocast, unit_vectors
-
     image_vectors = []
     with torch.inference_mode():
         for start in range(0, len(items), batch_size):
@@ -120,7 +119,6 @@ def embed_set(model: Any, items: Sequence[Any], embed_images: Callable[[range], 
 @dataclass
 class EncodedSet:
     """A captioned set run through a model; ``items`` excludes images that could not be decoded (``failed``)."""
-
     items: list[Any]
     image_vectors: np.ndarray  # [I, D]
     caption_vectors: np.ndarray  # [C, D]
@@ -130,12 +128,6 @@ class EncodedSet:
 
 def encode_items(model: Any, items: Sequence[Any], device: Any = "cpu") -> EncodedSet:
     """Decode (once, at the model's size) and encode every image and caption of ``items``."""
-    import torch
-
-    from retrieval.core.data import cache_images
-    from retrieval.core.device import resolve_precision
-    from retrieval.core.transforms import prepare_batch
-
     device = torch.device(device)
     pixels, failed_rows = cache_images(items, model.config.image_size)
     keep = [i for i in range(len(items)) if i not in set(failed_rows)]
@@ -159,11 +151,6 @@ def evaluate_model(model_path: str | Path | None, captions_path: str | Path, ima
     A file without split information is evaluated whole. Unreadable images are dropped (and reported in the
     returned caption set's ``missing``). Returns (metrics, caption set).
     """
-    from retrieval.core.captions import load_captions
-    from retrieval.core.checkpoint import load_model
-    from retrieval.core.device import resolve_device, set_threads
-    from retrieval.core.errors import CaptionsError
-
     set_threads()
     torch_device = resolve_device(device)
     model = load_model(model_path, device=torch_device)

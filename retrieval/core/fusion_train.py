@@ -19,11 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retrieval.core.captions import ImageCaptions
-from retrieval.core.checkpoint import fusion_identity, read_checkpoint, save_checkpoint, write_payload
+from retrieval.core.captions import ImageCaptions, load_captions
+from retrieval.core.checkpoint import fusion_identity, load_model, read_checkpoint, save_checkpoint, write_payload
 from retrieval.core.config import ModelConfig, TrainConfig
 from retrieval.core.data import cache_images
-from retrieval.core.errors import ConfigError
+from retrieval.core.device import set_threads
+from retrieval.core.errors import CaptionsError, ConfigError
 from retrieval.core.evaluate import EvalResult, encode_texts, folded_metrics, t2i_ranks
 from retrieval.core.fusion import FusionHead
 from retrieval.core.model import DualEncoder, _trunk_channels
@@ -35,7 +36,6 @@ EVAL_RERANK = 20  # validation re-ranks each caption's top 20 (cheap; search def
 @dataclass
 class FusionEpoch:
     """One epoch of the fusion stage (an event for the progress display, like train.EpochEvent)."""
-
     epoch: int
     loss: float
     seconds: float
@@ -47,7 +47,6 @@ class FusionEpoch:
 @dataclass
 class EncodedImages:
     """What the frozen image branch gives for a set of images, computed once."""
-
     vectors: torch.Tensor  # [I, D] unit
     maps: torch.Tensor  # [I, C, h, w] float16: the trunk's map before pooling
 
@@ -269,11 +268,6 @@ def evaluate_reranked(model_path: str | Path | None, captions_path: str | Path, 
                       ) -> tuple[EvalResult, EvalResult, Any]:
     """Like :func:`retrieval.core.evaluate.evaluate_model` (one fold, on the CPU), for both stages: returns (first
     stage, after re-ranking each caption's top ``depth``, the caption set)."""
-    from retrieval.core.captions import load_captions
-    from retrieval.core.checkpoint import load_model
-    from retrieval.core.device import set_threads
-    from retrieval.core.errors import CaptionsError
-
     set_threads()
     model = load_model(model_path)
     if model.fusion is None:

@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from retrieval.core.config import ModelConfig
 from retrieval.core.errors import ConfigError
+from retrieval.core.fusion import FusionHead
 from retrieval.core.tokenizer import PAD_ID, Vocabulary
 
 POOL_GRID = {"avg": 1, "grid2": 2}
@@ -94,7 +95,6 @@ class TFSameConv2d(nn.Conv2d):
     """A Conv2d padded as TensorFlow's "SAME": the total padding is split with the odd pixel after (bottom,
     right), where torchvision pads symmetrically; on a stride-2 3x3 convolution of an even-sized input that is
     0 before and 1 after instead of 1 and 1. Same parameters and state-dict keys as a Conv2d."""
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads: list[int] = []  # F.pad order: (left, right, top, bottom)
         for size, kernel, stride, dilation in reversed(list(zip(x.shape[-2:], self.kernel_size, self.stride,
@@ -119,7 +119,6 @@ def use_tf_padding(module: nn.Module) -> None:
 
 class ImageEncoder(nn.Module):
     """CNN trunk -> pooled features -> linear projection -> L2-normalised [B, D]."""
-
     def __init__(self, config: ModelConfig, pretrained: bool = True):
         super().__init__()
         if config.pool not in POOL_GRID:
@@ -166,7 +165,6 @@ class ImageEncoder(nn.Module):
 class TextEncoder(nn.Module):
     """Word embeddings -> GRU over packed sequences (or, with ``text_encoder="pool"``, a per-word layer whose
     outputs are averaged and max-pooled over the sentence) -> projection -> L2-normalised [B, D]."""
-
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         if config.text_encoder not in TEXT_ENCODERS:
@@ -226,7 +224,6 @@ def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 class DualEncoder(nn.Module):
     """Both branches plus the vocabulary. ``image`` is None when loaded for text queries only."""
-
     def __init__(self, config: ModelConfig, vocab: Vocabulary, *, with_image: bool = True, pretrained: bool = True):
         super().__init__()
         self.config = config
@@ -235,7 +232,6 @@ class DualEncoder(nn.Module):
         self.text = TextEncoder(config, len(vocab))
         self.fusion = None  # the re-ranking head (retrieval.core.fusion), when config.fusion_dim > 0
         if config.fusion_dim:
-            from retrieval.core.fusion import FusionHead
 
             channels = _trunk_channels(self.image.trunk) if self.image is not None else None
             self.fusion = FusionHead(config, channels, self.text.state_dim)

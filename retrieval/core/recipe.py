@@ -24,9 +24,11 @@ from typing import Any, Callable, Sequence
 
 from retrieval.core.captions import ImageCaptions, load_captions
 from retrieval.core.checkpoint import checkpoint_summary, load_model, save_checkpoint
-from retrieval.core.options import config_fields, convert_field
 from retrieval.core.config import DataConfig, ModelConfig, TrainConfig
 from retrieval.core.errors import ConfigError
+from retrieval.core.evaluate import EvalResult, Recall
+from retrieval.core.fusion_train import train_fusion
+from retrieval.core.options import config_fields, convert_field
 from retrieval.core.scenes.corpus import export_corpus, load_records, training_items
 from retrieval.core.train import EpochEvent, StepEvent, TrainResult, hold_out, train
 
@@ -38,7 +40,6 @@ FIELDS = config_fields(*SECTIONS.values())
 @dataclass
 class Recipe:
     """A training run: data, model and optimisation settings, and the stages that override them in turn."""
-
     name: str = ""
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
@@ -67,7 +68,6 @@ class Recipe:
 @dataclass
 class StageEvent:
     """A stage's data is ready: what it trains and validates on, and the named images that were not found."""
-
     number: int
     stages: int
     train_images: int
@@ -186,9 +186,6 @@ def _fusion_stage(model: Any, base: Path | None, train_items: list[ImageCaptions
                   model_config: ModelConfig, train_config: TrainConfig, path: Path, on_event: Event | None
                   ) -> TrainResult:
     """A stage that trains only the fusion head of the model so far (retrieval.core.fusion_train)."""
-    from retrieval.core.evaluate import EvalResult, Recall
-    from retrieval.core.fusion_train import train_fusion
-
     if model is None:
         raise ConfigError("a fusion stage trains a head on a trained model: give --init MODEL or an earlier stage")
     best = train_fusion(model, train_items, val_items, model_config, train_config, path, base,

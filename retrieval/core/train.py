@@ -26,6 +26,7 @@ from retrieval.core.device import autocast, resolve_device, resolve_precision, s
 from retrieval.core.errors import CaptionsError, ConfigError, DecodeError
 from retrieval.core.evaluate import EvalResult, embed_set, folded_metrics
 from retrieval.core.features import build_feature_cache
+from retrieval.core.glove import embedding_matrix, extend_vocabulary, load_glove
 from retrieval.core.loss import make_loss
 from retrieval.core.model import DualEncoder
 from retrieval.core.tokenizer import Vocabulary
@@ -91,7 +92,6 @@ class _ImageSource:
     """How training gets image tensors: frozen-trunk features of a few views per image computed once
     (:mod:`retrieval.core.features`), an in-memory uint8 pixel cache, or decoding with augmentation in DataLoader
     workers."""
-
     def __init__(self, model: DualEncoder, items: Sequence[ImageCaptions], config: TrainConfig,
                  device: torch.device, dtype: torch.dtype, augment: bool):
         self.model, self.device, self.dtype = model, device, dtype
@@ -272,7 +272,6 @@ def _new_model(model_config: ModelConfig, vocab: Vocabulary, config: TrainConfig
     embeddings initialised from GloVe (kept in the checkpoint: queries never need the GloVe files)."""
     if not config.glove:
         return DualEncoder(model_config, vocab)
-    from retrieval.core.glove import embedding_matrix, extend_vocabulary, load_glove
 
     glove = load_glove(config.glove)
     if glove.dim != model_config.word_dim:
