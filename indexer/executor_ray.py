@@ -1,6 +1,6 @@
 """The Ray embedding executor: read, decode and embed on actors of a Ray cluster; the driver only writes.
 
-    driver: plan -> batches of files -> actors (one model each) -> (file, hash, info, vector) -> commit
+    driver: plan -> batches of files -> actors (one model each) -> (file, hash, info, vector, regions) -> commit
 
 Each actor loads the index's model once (the driver ships the checkpoint's bytes through Ray's object
 store, so nodes need not see the model file) and the hashes already indexed (so a renamed file skips the
@@ -48,9 +48,10 @@ def require_ray() -> None:
 
 
 # A row sent to an actor: (position, path, size, mtime_ns, named_as_image, bytes or None: the actor reads)
-# and one sent back: (position, hash, (width, height, format) or None, error, gone, float32 [D] or None)
+# and one sent back: (position, hash, (width, height, format) or None, error, gone, float32 [D] or None,
+# int8 [R, d] fusion-head region codes or None)
 Sent = tuple[int, str, int, int, bool, "bytes | None"]
-Back = tuple[int, str, "tuple[int, int, str] | None", "str | None", bool, "np.ndarray | None"]
+Back = tuple[int, str, "tuple[int, int, str] | None", "str | None", bool, "np.ndarray | None", "np.ndarray | None"]
 
 
 class EmbedWorker:
@@ -90,11 +91,13 @@ class EmbedWorker:
             if item.pixels is not None and item.hash not in first:
                 first[item.hash] = item
         if first:
-            fresh = self.embedder(torch.stack([item.pixels for item in first.values()]))  # uint8 -> [B, D]
-            for item, vector in zip(first.values(), fresh):
+            # uint8 -> [B, D], and int8 [B, R, d] region codes when the model has a fusion head
+            fresh, regions = self.embedder.with_regions(torch.stack([item.pixels for item in first.values()]))
+            for n, (item, vector) in enumerate(zip(first.values(), fresh)):
                 item.vector = vector
+                item.regions = regions[n] if regions is not None else None
         return [(position, item.hash, (item.info.width, item.info.height, item.info.format) if item.info else None,
-                 item.error, item.gone, item.vector) for position, item in items]
+                 item.error, item.gone, item.vector, item.regions) for position, item in items]
 
 
 class _Pool:
@@ -150,8 +153,8 @@ class _Pool:
             raise exc.cause if isinstance(exc.cause, VlsearchError) else exc
         self.load[actor] -= 1
         return number, failed + [(position, Prepared(jobs[position], digest, ImageInfo(*info) if info else None,
-                                                     error=error, gone=gone, vector=vector))
-                                 for position, digest, info, error, gone, vector in results]
+                                                     error=error, gone=gone, vector=vector, regions=regions))
+                                 for position, digest, info, error, gone, vector, regions in results]
 
     def close(self) -> None:
         for actor in self.actors:

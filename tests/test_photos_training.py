@@ -58,6 +58,29 @@ def test_views_are_computed_once_kept_on_disk_and_extended(shapes: Path, tmp_pat
     assert len(list(tmp_path.glob("features-*.pt"))) == 2
 
 
+def test_a_pooled_run_keeps_deeper_maps_for_a_later_tail_stage_run(shapes: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """keep_stages: a frozen-trunk run (pooled features) also caches the maps one stage earlier, so a following
+    run that trains that stage reads no image."""
+    items = split_items(shapes, "train", 12)
+    model = DualEncoder(FROZEN, Vocabulary.build(["a"])).eval()
+    pooled = build_feature_cache(model.image, items, image_size=TINY.image_size, views=2, tail_stages=0,
+                                 keep_stages=1, prepare=normalize_uint8, device=torch.device("cpu"),
+                                 dtype=torch.float32, min_scale=0.5, max_aspect=1.33, flip=True, seed=0,
+                                 cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 2  # the pooled features and the maps before them
+    direct = _cache(model, items, 2, 0, tmp_path / "direct")
+    torch.testing.assert_close(pooled.features.float(), direct.features.float(), atol=2e-2, rtol=1e-2)
+    from retrieval.core import features
+
+    def no_decoding(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(features, "load_rgb", no_decoding)
+    maps = _cache(model, items, 2, 1, tmp_path)
+    assert maps.features.shape[:2] == (12, 2) and maps.features.dim() == 5
+
+
 def test_cached_views_train_the_last_stage_and_a_second_run_reuses_them(shapes: Path, tmp_path: Path):
     train_items, val_items = split_items(shapes, "train"), split_items(shapes, "val")
     config = replace(CACHED, tail_stages=1, feature_cache_dir=str(tmp_path / "cache"), epochs=2)
@@ -111,3 +134,18 @@ def test_the_pooled_text_encoder_learns(shapes: Path, tmp_path: Path):
     assert not hasattr(model.text, "gru")
     metrics, _ = evaluate_model(result.path, shapes, split="test", device="cpu")
     assert metrics.t2i.r10 >= 3 * 100 * 10 / (12 * PER_CLASS["test"]), metrics
+
+
+def test_the_pooled_text_encoder_gives_the_fusion_head_its_word_states():
+    """A photos-style model (pooled text encoder) can carry a re-ranking head: per-word states are the word
+    layer's outputs beside the embeddings, zero past each caption, and the sentence vector is forward()'s."""
+    vocab = Vocabulary.build(["a red circle", "a big blue square on grass"])
+    model = DualEncoder(replace(FROZEN, text_encoder="pool", fusion_dim=8), vocab).eval()
+    tokens, lengths = model.tokenize(["a red circle", "a big blue square on grass"])
+    with torch.inference_mode():
+        vectors, states = model.text.with_words(tokens, lengths)
+        torch.testing.assert_close(vectors, model.encode_text(tokens, lengths))
+        assert states.shape == (2, tokens.shape[1], model.text.state_dim)
+        assert not states[0, 3:].any() and states[0, :3].abs().sum(-1).gt(0).all()
+        sentence, words = model.encode_text_words(tokens, lengths)
+        assert words.shape == (2, tokens.shape[1], 8)

@@ -18,12 +18,17 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
+import torch
 
-from helpers import make_image
+from helpers import CAPTIONS, TINY_CONFIG, make_image
 from indexer import vectors
 from indexer.index import Index, db_path
 from indexer.pipeline import build_index
 from indexer.store import Store
+from retrieval.core.checkpoint import save_checkpoint
+from retrieval.core.config import ModelConfig
+from retrieval.core.model import DualEncoder
+from retrieval.core.tokenizer import Vocabulary
 
 HELPER = Path(__file__).with_name("ray_cluster.py")
 PORT = 6379  # inside the namespace: nothing else listens there
@@ -200,3 +205,27 @@ def test_without_ray_the_engine_is_one_clear_error(image_folder: Path, tiny_mode
     assert result.stderr.strip() == 'Error: --engine ray needs Ray, which is not installed; install it with: ' \
         'pip install "vlsearch[ray]"'
     assert not (image_folder / ".vlsearch").exists()  # nothing was touched
+
+
+def test_a_model_with_a_fusion_head_gets_its_region_codes_from_the_workers(
+        cluster: Cluster, folder: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """Re-ranking works on a cluster-built index: the actors send each new vector's region codes back."""
+    torch.manual_seed(3)
+    fused = tmp_path / "fused.pt"
+    save_checkpoint(DualEncoder(ModelConfig(**TINY_CONFIG, fusion_dim=8), Vocabulary.build(CAPTIONS),
+                                pretrained=False), fused)
+    photos = folder[0]
+    local = build_index(photos, tmp_path / "local", model=fused, batch_size=4)
+    result = cluster.index(photos, tmp_path / "ray", fused)
+    assert result["rc"] == 0, result["err"]
+    assert counts(result["out"]) == local.line().split(" in ")[0]
+    regions = {}
+    for name in ("local", "ray"):
+        with Store.open(db_path(tmp_path / name), readonly=True) as store:
+            ids = store.ids_matching()
+            assert store.region_count() == len(ids) > 0  # every indexed image has its region codes
+            regions[name] = {row["path"]: np.frombuffer(store.regions([row["id"]])[row["id"]], np.int8)
+                             for row in store.rows(ids)}
+    assert regions["ray"].keys() == regions["local"].keys()
+    for path, codes in regions["local"].items():  # the same floats, quantised: equal up to one rounding step
+        assert np.abs(regions["ray"][path].astype(int) - codes.astype(int)).max() <= 1, path

@@ -154,6 +154,9 @@ class TrainConfig:
     tail_stages: int = field(default=0, metadata={
         "help": "With --feature-cache: train the frozen trunk's last N stages on cached feature maps (0 = none).",
         "min": 0})
+    cache_stages: int = field(default=0, metadata={
+        "help": "With --feature-cache-dir: keep the maps N stages before the trunk's end too, so that a later "
+                "stage with --tail-stages N starts from them instead of the images.", "min": 0})
     feature_cache_dir: str = field(default="", metadata={
         "help": "Folder that keeps computed features between runs (default: memory only)."})
     crop_min_scale: float = field(default=0.6, metadata={

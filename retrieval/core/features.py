@@ -74,15 +74,18 @@ def _cache_key(trunk: torch.nn.Module, items: Sequence[ImageCaptions], parts: li
 
 
 def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions], *, image_size: int, views: int,
-                        tail_stages: int,
+                        tail_stages: int, keep_stages: int = 0,
                         prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device, dtype: torch.dtype,
                         min_scale: float, max_aspect: float, flip: bool, seed: int, cache_dir: str | Path | None = None,
                         on_progress: Callable[[int, int], None] | None = None) -> FeatureCache:
     """Run ``views`` views of every image through ``encoder``'s frozen head (an :class:`ImageEncoder`).
 
     ``prepare`` turns a uint8 batch [B, 3, S, S] into the network's input (normalised, on ``device``).
+    ``keep_stages`` > ``tail_stages``: computed from the images, the maps that many stages before the end are
+    cached too (a later run with ``tail_stages=keep_stages`` then starts from them).
     """
-    head, _ = encoder.split_trunk(tail_stages)
+    cut = max(tail_stages, keep_stages)  # where the trunk's frozen head ends when images must be read
+    head, _ = encoder.split_trunk(cut)
     path, first_view, known = None, 0, None
     if cache_dir:
         normalisation = prepare(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten().tolist()
@@ -101,7 +104,7 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
                 if stored_tail != tail_stages:  # keep the result too: the next run at this cut starts here
                     _save(path, features, list(stored["failed"]))
                 return FeatureCache(features, list(stored["failed"]), tail_stages)
-            if stored_tail == tail_stages and known is None:  # too few views: unless a later cut has them all,
+            if stored_tail == cut and known is None:  # too few views: unless a later cut has them all,
                 first_view, known = stored["features"].shape[1], stored["features"]  # compute only the missing
     transforms = view_transforms(image_size, views, min_scale, max_aspect, flip)
     head.eval()
@@ -114,7 +117,7 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
         pixels = torch.stack([p for _, _, p in pending])
         with torch.inference_mode(), autocast(device, dtype):
             out = head(prepare(pixels))
-            if tail_stages == 0:
+            if cut == 0:
                 out = encoder.pool(out).flatten(1)
         out = out.float().cpu().half()
         if features is None:
@@ -144,6 +147,10 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
         flush()
     if features is None:
         features = torch.zeros(len(items), views, 1, dtype=torch.float16)
+    if cut != tail_stages:
+        if cache_dir:
+            _save(cached(cut), features, failed)
+        features = _continue(encoder, features, cut, tail_stages, device, dtype)
     if path is not None:
         _save(path, features, failed)
     return FeatureCache(features, failed, tail_stages)

@@ -183,13 +183,7 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] (padded with 0), lengths [B] -> [B, D]."""
         if not hasattr(self, "gru"):
-            # each word on its own, so the layer runs once per distinct word of the batch, not once per token
-            distinct, where = torch.unique(tokens, return_inverse=True)
-            hidden = self.mlp(F.dropout(self.embed(distinct), self.dropout, self.training))[where]  # [B, L, H]
-            mask = (tokens != PAD_ID).unsqueeze(-1)  # [B, L, 1]
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            largest = hidden.masked_fill(~mask, float("-inf")).amax(1)
-            return F.normalize(self.proj(torch.cat([mean, largest], dim=1)), dim=-1)  # [B, 2H] -> [B, D]
+            return self._pool(*self._word_layer(tokens))
         words = F.dropout(self.embed(tokens), self.dropout, self.training)  # [B, L, W]
         packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, hidden = self.gru(packed)  # [layers * dirs, B, H]
@@ -197,10 +191,28 @@ class TextEncoder(nn.Module):
         last = hidden[-dirs:].transpose(0, 1).reshape(tokens.shape[0], -1)  # [B, H * dirs]
         return F.normalize(self.proj(last), dim=-1)
 
+    def _word_layer(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled encoder's per-word layer: tokens [B, L] -> (outputs [B, L, H], zero past each length;
+        mask [B, L, 1]). Each word on its own, so the layer runs once per distinct word of the batch."""
+        distinct, where = torch.unique(tokens, return_inverse=True)
+        hidden = self.mlp(F.dropout(self.embed(distinct), self.dropout, self.training))[where]  # [B, L, H]
+        mask = (tokens != PAD_ID).unsqueeze(-1)  # [B, L, 1]
+        return hidden * mask, mask
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean and max over the sentence's words -> [B, 2H] -> projection -> [B, D] unit vectors."""
+        mean = hidden.sum(1) / mask.sum(1).clamp(min=1)
+        largest = hidden.masked_fill(~mask, float("-inf")).amax(1)
+        return F.normalize(self.proj(torch.cat([mean, largest], dim=1)), dim=-1)
+
     def with_words(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [B, L], lengths [B] -> (the vector of :meth:`forward` [B, D], per-word states [B, L, H * dirs
-        + W]: the GRU's output at each word beside the word's embedding; zero past each length)."""
+        """tokens [B, L], lengths [B] -> (the vector of :meth:`forward` [B, D], per-word states [B, L, S + W]:
+        the GRU's output (or the pooled encoder's per-word layer) at each word beside the word's embedding;
+        zero past each length)."""
         words = self.embed(tokens)  # [B, L, W]
+        if not hasattr(self, "gru"):
+            hidden, mask = self._word_layer(tokens)
+            return self._pool(hidden, mask), torch.cat([hidden, words], dim=-1)
         packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
         output, hidden = self.gru(packed)
         states, _ = pad_packed_sequence(output, batch_first=True, total_length=tokens.shape[1])  # [B, L, H * dirs]
@@ -210,6 +222,9 @@ class TextEncoder(nn.Module):
 
     @property
     def state_dim(self) -> int:
+        """Size of a per-word state of :meth:`with_words`."""
+        if not hasattr(self, "gru"):
+            return self.mlp[0].out_features + self.embed.embedding_dim
         return self.gru.hidden_size * (2 if self.gru.bidirectional else 1) + self.embed.embedding_dim
 
 
@@ -232,7 +247,6 @@ class DualEncoder(nn.Module):
         self.text = TextEncoder(config, len(vocab))
         self.fusion = None  # the re-ranking head (retrieval.core.fusion), when config.fusion_dim > 0
         if config.fusion_dim:
-
             channels = _trunk_channels(self.image.trunk) if self.image is not None else None
             self.fusion = FusionHead(config, channels, self.text.state_dim)
         self.identity = ""  # content hash, set by the checkpoint loader

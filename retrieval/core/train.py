@@ -111,7 +111,8 @@ class _ImageSource:
         if self.features:
             cache = build_feature_cache(
                 model.image, items, image_size=size, views=config.cache_views if augment else 1,
-                tail_stages=self.tail_stages, prepare=self._prepare, device=device, dtype=dtype,
+                tail_stages=self.tail_stages, keep_stages=config.cache_stages if config.feature_cache_dir else 0,
+                prepare=self._prepare, device=device, dtype=dtype,
                 min_scale=config.crop_min_scale, max_aspect=config.crop_max_aspect, flip=config.flip,
                 seed=config.seed, cache_dir=config.feature_cache_dir or None)
             self.cache, failed, self.views = cache.features, cache.failed, cache.views
