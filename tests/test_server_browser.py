@@ -115,6 +115,7 @@ def test_text_query_shows_the_expected_thumbnail(page: Any, site: Any, tmp_path:
     assert first.get_attribute("href") == f"/api/images/{expected['id']}"
     assert first.locator(".path").inner_text() == expected["path"]
     assert first.locator(".score").inner_text() == f"{expected['score']:.3f}"
+    assert first.locator(".score").get_attribute("data-stage") == expected["stage"] == "first"  # no fusion head
     page.wait_for_function(f"""() => {{ const img = document.querySelector('a.hit[data-id="{expected["id"]}"] img');
                                        return img && img.complete && img.naturalWidth > 0; }}""")
     assert thumbnail_loaded(page, expected["id"])
@@ -157,3 +158,28 @@ def test_unknown_words_are_named_on_the_page(page: Any, site: Any) -> None:
     page.fill("#q", "a green triangle")
     page.press("#q", "Enter")
     page.wait_for_selector("#words", state="hidden")
+
+
+def test_a_re_ranked_search_says_so_on_the_page(browser: Any, site: Any, tmp_path: Path) -> None:
+    """With a model that has a fusion head (the shipped scenes model), the page marks re-ranked scores and
+    keeps the FAISS score in each one's tooltip."""
+    from indexer.pipeline import build_index
+
+    _, shapes, _ = site
+    folder = tmp_path / "photos"
+    shutil.copytree(shapes / "shapes", folder)
+    build_index(folder, model="scenes", workers=0)
+    with running(create_app(SearchEngine.open(folder / ".vlsearch"))) as url:
+        expected = api_search(url, "a red circle", 24)["results"]
+        assert expected[0]["stage"] == "rerank"
+        page = browser.new_page()
+        try:
+            page.goto(url + "/?q=a+red+circle")
+            page.wait_for_selector("a.hit")
+            score = page.locator("a.hit .score").first
+            assert score.get_attribute("data-stage") == "rerank"
+            assert score.get_attribute("title") == \
+                f"re-ranked by the model's fusion head (FAISS score {expected[0]['first_score']:.3f})"
+            assert ", re-ranked in" in page.inner_text("#status")
+        finally:
+            page.close()

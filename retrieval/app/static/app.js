@@ -48,6 +48,9 @@ function showResults(doc, started) {
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = hit.score.toFixed(3);
+    score.dataset.stage = hit.stage;  // which stage scored it: "first" (FAISS) or "rerank" (the fusion head)
+    score.title = hit.stage === "rerank"
+      ? `re-ranked by the model's fusion head (FAISS score ${hit.first_score.toFixed(3)})` : "FAISS score";
     const path = document.createElement("span");
     path.className = "path";
     path.textContent = hit.path;
@@ -55,7 +58,8 @@ function showResults(doc, started) {
     return card;
   }));
   const seconds = ((performance.now() - started) / 1000).toFixed(2);
-  setStatus(doc.results.length ? `${doc.results.length} results in ${seconds} s` : "No results.");
+  const reranked = doc.results.some((hit) => hit.stage === "rerank") ? ", re-ranked" : "";
+  setStatus(doc.results.length ? `${doc.results.length} results${reranked} in ${seconds} s` : "No results.");
 }
 
 async function searchText(q) {
