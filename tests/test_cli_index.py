@@ -137,19 +137,23 @@ def test_rebuild_flag(image_folder: Path, tiny_model_path: Path) -> None:
 def test_progress_bar_shows_files_images_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from retrieval.app.cli_index import _ProgressBar
+    from retrieval.app.cli_index import _IndexProgress
     from indexer.pipeline import Progress
 
-    terminal = io.StringIO()
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    bar = _ProgressBar(enabled=True)
+    bar = _IndexProgress(enabled=True)
     for done in range(0, 11):
         bar(Progress(done, 10, embedded=done, seconds=1.0 + done / 4))
     bar.bar.refresh()  # tqdm redraws at most every 0.1 s; draw the last state before it is cleared
     bar.close()
     shown = terminal.getvalue()
     assert "10/10" in shown and "file/s" in shown and "img/s" in shown and "<" in shown  # tqdm's ETA
-    silent = _ProgressBar(enabled=False)
+    silent = _IndexProgress(enabled=False)
     silent(Progress(1, 10, 1, 1.0))
     assert silent.bar is None
 

@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -37,6 +38,34 @@ index_option = click.option(
     "--index", "index_dir", type=click.Path(path_type=Path),
     help="Index folder, or a folder indexed into FOLDER/.vlsearch (default: $VLSEARCH_INDEX, else the nearest "
          ".vlsearch/ here or above).")
+
+
+class ProgressBar:
+    """The one progress bar of the commands: tqdm on stderr, created (and tqdm imported) at the first update,
+    drawn only when stderr is a terminal and ``enabled``."""
+
+    def __init__(self, unit: str, desc: str | None = None, enabled: bool = True):
+        self.unit, self.desc, self.enabled = unit, desc, enabled
+        self.bar: Any = None
+
+    def update(self, done: int, total: int, postfix: str | None = None) -> None:
+        """Show ``done`` of ``total`` (and ``postfix``, e.g. a rate)."""
+        if not self.enabled or not total:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True,
+                            leave=False, disable=None)
+        self.bar.total = total
+        if postfix is not None:
+            self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class LazyGroup(click.Group):

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from retrieval.app.cli import ProgressBar
+
 
 @click.command()
 @click.option("--out", "out_dir", default="vlsearch-demo", show_default=True, type=click.Path(path_type=Path),
@@ -22,18 +24,12 @@ def demo(out_dir: Path, count: int, model_path: str | None) -> None:
     Then search it yourself:
       vlsearch search "a green triangle above a purple diamond" --index /tmp/demo/images
     """
-    from tqdm import tqdm
-
     from retrieval.app.demo import run_demo
 
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, ProgressBar] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = tqdm(total=total, desc=stage, unit="img", disable=None, leave=False)
-        bars[stage].total = total
-        bars[stage].n = done
-        bars[stage].refresh()
+        bars.setdefault(stage, ProgressBar("img", desc=stage)).update(done, total)
 
     result = run_demo(out_dir, count, model=model_path, progress=progress)
     for bar in bars.values():

@@ -5,14 +5,13 @@ Heavy imports happen inside the commands, so ``vlsearch index --help`` stays ins
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
-from retrieval.app.cli import index_option
+from retrieval.app.cli import ProgressBar, index_option
 
 INDEX_TYPES = "auto, flat, hnsw, ivf or a FAISS factory string such as 'IVF1024,Flat'"
 
@@ -21,29 +20,17 @@ def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
 
 
-class _ProgressBar:
-    """Progress callback drawing files/s, images/s and ETA on stderr (only when it is a terminal)."""
+class _IndexProgress(ProgressBar):
+    """build_index's progress callback: files done of all, and images embedded per second since the start."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar: Any = None
-        self.start = 0.0
+        super().__init__("file", enabled=enabled)
+        self.start: float | None = None
 
     def __call__(self, progress: Any) -> None:
-        if not self.enabled or not progress.total:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=progress.total, unit="file", file=sys.stderr, dynamic_ncols=True, leave=False)
-            self.start = progress.seconds
+        self.start = progress.seconds if self.start is None else self.start
         elapsed = max(progress.seconds - self.start, 1e-9)
-        self.bar.set_postfix_str(f"{progress.embedded / elapsed:.1f} img/s", refresh=False)
-        self.bar.update(progress.done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.update(progress.done, progress.total, f"{progress.embedded / elapsed:.1f} img/s")
 
 
 @click.command()
@@ -94,7 +81,7 @@ def index(folder: Path, index_dir: Path | None, model: str | None, batch_size: i
     from indexer.pipeline import build_index
     from retrieval.core.device import default_threads
 
-    bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
+    bar = _IndexProgress(enabled=not quiet)
     try:
         with warnings.catch_warnings():  # big JPEGs are decoded at reduced size, so the warning misleads
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from retrieval.app.cli import ProgressBar
 from retrieval.core.captions import FORMATS
 from retrieval.core.options import config_options, explicit
 from retrieval.core.config import DataConfig, ModelConfig, TrainConfig
@@ -86,7 +87,7 @@ class TrainProgress:
     """Training events -> stderr: a line per stage and per epoch, a progress bar over each epoch's steps."""
 
     def __init__(self) -> None:
-        self.bar: Any = None
+        self.bar: ProgressBar | None = None
 
     def __call__(self, event: Any) -> None:
         from retrieval.core.fusion_train import FusionEpoch
@@ -116,13 +117,8 @@ class TrainProgress:
                        f"{event.first:.1f} -> {event.reranked:.1f} re-ranked{' (best, saved)' if event.best else ''}",
                        err=True)
         else:
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}", unit="batch", leave=False,
-                                disable=None)
-            self.bar.set_postfix(loss=f"{event.loss:.3f}", img_s=f"{event.images_per_s:.0f}")
-            self.bar.update(1)
+            self.bar = self.bar or ProgressBar("batch", desc=f"epoch {event.epoch}")
+            self.bar.update(event.step, event.steps, f"loss={event.loss:.3f}, img_s={event.images_per_s:.0f}")
 
     def close(self) -> None:
         if self.bar is not None:

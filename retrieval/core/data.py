@@ -106,6 +106,12 @@ def collate(samples: list[Sample | int]) -> Batch:
     return Batch(images, tokens, lengths, padded, negative_lengths, mask, failed)
 
 
+def kept_rows(count: int, failed: Sequence[int]) -> list[int]:
+    """The rows of ``range(count)`` not in ``failed`` (the images that decoded), in order."""
+    dropped = set(failed)
+    return [row for row in range(count) if row not in dropped]
+
+
 def cache_images(items: Sequence[ImageCaptions], image_size: int) -> tuple[torch.Tensor, list[int]]:
     """Decode every image once at the model's size, exactly as the indexer does: uint8 [N, 3, S, S] and the
     indices that failed."""

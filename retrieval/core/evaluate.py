@@ -14,7 +14,7 @@ import torch
 
 from retrieval.core.captions import load_captions
 from retrieval.core.checkpoint import load_model
-from retrieval.core.data import cache_images
+from retrieval.core.data import cache_images, kept_rows
 from retrieval.core.device import autocast, resolve_device, resolve_precision, set_threads, unit_vectors
 from retrieval.core.errors import CaptionsError
 from retrieval.core.transforms import prepare_batch
@@ -130,7 +130,7 @@ def encode_items(model: Any, items: Sequence[Any], device: Any = "cpu") -> Encod
     """Decode (once, at the model's size) and encode every image and caption of ``items``."""
     device = torch.device(device)
     pixels, failed_rows = cache_images(items, model.config.image_size)
-    keep = [i for i in range(len(items)) if i not in set(failed_rows)]
+    keep = kept_rows(len(items), failed_rows)
     failed = [str(items[i].image) for i in failed_rows]
     pixels, items = pixels[keep], [items[i] for i in keep]
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from retrieval.core.captions import ImageCaptions, load_captions
 from retrieval.core.checkpoint import fusion_identity, load_model, read_checkpoint, save_checkpoint, write_payload
 from retrieval.core.config import ModelConfig, TrainConfig
-from retrieval.core.data import cache_images
+from retrieval.core.data import cache_images, kept_rows
 from retrieval.core.device import set_threads
 from retrieval.core.errors import CaptionsError, ConfigError
 from retrieval.core.evaluate import EvalResult, encode_texts, folded_metrics, t2i_ranks
@@ -57,8 +57,7 @@ def encode_maps(model: DualEncoder, items: Sequence[ImageCaptions], batch_size: 
     decoded, in order) and the rows that failed."""
     pixels, failed = cache_images(items, model.config.image_size)
     if failed:
-        dropped = set(failed)
-        pixels = pixels[[i for i in range(len(items)) if i not in dropped]]
+        pixels = pixels[kept_rows(len(items), failed)]
     vectors, maps = [], []
     model.image.eval()
     device = next(model.image.parameters()).device
@@ -147,9 +146,9 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
     model = model.cpu().eval()
     head = _attach_head(model, model_config)
     train_images, failed = encode_maps(model, train_items)
-    train_items = [item for i, item in enumerate(train_items) if i not in set(failed)]
+    train_items = [train_items[i] for i in kept_rows(len(train_items), failed)]
     val_images, val_failed = encode_maps(model, val_items)
-    val_items = [item for i, item in enumerate(val_items) if i not in set(val_failed)]
+    val_items = [val_items[i] for i in kept_rows(len(val_items), val_failed)]
 
     captions = [c for item in train_items for c in item.captions]
     caption_image = np.repeat(np.arange(len(train_items)), [len(item.captions) for item in train_items])
@@ -226,7 +225,7 @@ def fusion_recall(model: DualEncoder, items: Sequence[ImageCaptions], images: En
     head.eval()
     if images is None:
         images, failed = encode_maps(model, items)
-        items = [item for i, item in enumerate(items) if i not in set(failed)]
+        items = [items[i] for i in kept_rows(len(items), failed)]
     captions = [c for item in items for c in item.captions]
     caption_image = np.repeat(np.arange(len(items)), [len(item.captions) for item in items])
     vectors, words, lengths = word_vectors(model, captions)
@@ -279,6 +278,6 @@ def evaluate_reranked(model_path: str | Path | None, captions_path: str | Path, 
             raise CaptionsError(f"{captions_path}: no images in split {split!r}")
     images, failed = encode_maps(model, captions_set.items)
     captions_set.missing += [str(captions_set.items[i].image) for i in failed]
-    captions_set.items = [item for i, item in enumerate(captions_set.items) if i not in set(failed)]
+    captions_set.items = [captions_set.items[i] for i in kept_rows(len(captions_set.items), failed)]
     first, second = fusion_recall(model, captions_set.items, images, depth)
     return first, second, captions_set

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from retrieval.core.captions import ImageCaptions
 from retrieval.core.checkpoint import save_checkpoint
 from retrieval.core.config import ModelConfig, TrainConfig
-from retrieval.core.data import Batch, PairDataset, cache_images, collate
+from retrieval.core.data import Batch, PairDataset, cache_images, collate, kept_rows
 from retrieval.core.decode import load_rgb
 from retrieval.core.device import autocast, resolve_device, resolve_precision, set_threads, unit_vectors
 from retrieval.core.errors import CaptionsError, ConfigError, DecodeError
@@ -119,7 +119,7 @@ class _ImageSource:
         else:
             self.cache, failed = cache_images(items, size)
         if failed:
-            keep = [i for i in range(len(items)) if i not in set(failed)]
+            keep = kept_rows(len(items), failed)
             self.failed = [str(items[i].image) for i in failed]
             self.cache, self.items = self.cache[keep], [items[i] for i in keep]
 
