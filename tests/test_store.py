@@ -169,3 +169,10 @@ def test_readonly_open_rolls_back_what_a_killed_writer_left(tmp_path: Path) -> N
     assert (tmp_path / "index.db-journal").stat().st_size > 0
     with closing(connect_readonly(db)) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+
+
+def test_meta_is_typed_and_its_keys_are_checked(store: Store) -> None:
+    meta = store.meta()
+    assert (meta.model, meta.dim, meta.generation) == ("model-a", 4, store.generation) and meta.fusion == ""
+    with pytest.raises(TypeError, match="not meta keys: colour"):
+        store.set_meta(colour="red")
