@@ -10,6 +10,8 @@ A cache can also be kept on disk (``cache_dir``), keyed by everything that deter
 weights, the images, the crops' settings and seed), so a second run or a later stage skips the CNN entirely.
 Each view is drawn from its own seed (image, view), so a stored cache with more views, or one cut earlier in
 the trunk, serves a request for fewer views or a later cut: its first views, run through the missing stages.
+A run that must read the images can keep an earlier cut as well (``keep_stages``), for a later stage that
+trains more of the trunk.
 """
 from __future__ import annotations
 
