@@ -78,8 +78,8 @@ def _cache_key(trunk: torch.nn.Module, items: Sequence[ImageCaptions], parts: li
 def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions], *, image_size: int, views: int,
                         tail_stages: int, keep_stages: int = 0,
                         prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device, dtype: torch.dtype,
-                        min_scale: float, max_aspect: float, flip: bool, seed: int, cache_dir: str | Path | None = None,
-                        on_progress: Callable[[int, int], None] | None = None) -> FeatureCache:
+                        min_scale: float, max_aspect: float, flip: bool, seed: int, cache_dir: str | Path | None = None
+                        ) -> FeatureCache:
     """Run ``views`` views of every image through ``encoder``'s frozen head (an :class:`ImageEncoder`).
 
     ``prepare`` turns a uint8 batch [B, 3, S, S] into the network's input (normalised, on ``device``).
@@ -143,8 +143,6 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
             pending.append((row, view, transform(image)))
         if len(pending) >= BATCH:
             flush()
-            if on_progress:
-                on_progress(row + 1, len(items))
     if pending:
         flush()
     if features is None:
