@@ -8,7 +8,7 @@ from typing import Any
 from indexer.index import Index, find_index
 from retrieval.core.config import model_card
 
-CARD_KEYS = ("name", "trained_on", "recall_on", "recall", "vocabulary")  # what info shows of a model's card
+CARD_KEYS = ("name", "trained_on", "recall_on", "recall", "vocabulary", "fusion")  # what info shows of a model's card
 
 
 def _card(identity: str, path: str | None) -> dict[str, Any] | None:

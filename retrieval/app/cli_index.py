@@ -126,6 +126,10 @@ def _card_lines(card: dict[str, Any] | None) -> list[tuple[str, str]]:
     if t2i:
         where = f" on {card['recall_on']}" if card.get("recall_on") else ""
         lines.append(("recall", f"text->image R@1/5/10 {t2i['r1']:.1f}/{t2i['r5']:.1f}/{t2i['r10']:.1f}{where}"))
+    reranked = ((card.get("fusion") or {}).get("rerank") or {}).get("t2i")
+    if reranked:  # the model's fusion head, measured on the same split
+        lines.append(("re-ranked", f"text->image R@1/5/10 {reranked['r1']:.1f}/{reranked['r5']:.1f}/"
+                                   f"{reranked['r10']:.1f} with the fusion head (top 100)"))
     return lines
 
 
