@@ -1,6 +1,6 @@
 """What the photos model is trained with: frozen-trunk features of several augmented views per image computed
 once (and kept on disk), the trunk's last stages trained on cached maps, GloVe word vectors and vocabulary, and
-the pooled text encoder. On the tiny shapes set of test_train.py."""
+the pooled text encoders. On the tiny shapes set of test_train.py."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -127,20 +127,24 @@ def test_glove_of_another_size_is_one_clear_error(shapes: Path, tmp_path: Path):
               tmp_path / "x.pt")
 
 
-def test_the_pooled_text_encoder_learns(shapes: Path, tmp_path: Path):
-    result = train(split_items(shapes, "train"), split_items(shapes, "val"), replace(FROZEN, text_encoder="pool"),
+@pytest.mark.parametrize("kind", ["pool", "gru-pool"])
+def test_the_pooled_text_encoders_learn(shapes: Path, tmp_path: Path, kind: str):
+    config = replace(FROZEN, text_encoder=kind, bidirectional=kind == "gru-pool")
+    result = train(split_items(shapes, "train"), split_items(shapes, "val"), config,
                    replace(CACHED, epochs=4, lr=5e-3), tmp_path / "pool.pt")
     model = load_model(result.path)
-    assert not hasattr(model.text, "gru")
+    assert model.text.kind == kind and hasattr(model.text, "gru") == (kind == "gru-pool")
     metrics, _ = evaluate_model(result.path, shapes, split="test", device="cpu")
     assert metrics.t2i.r10 >= 3 * 100 * 10 / (12 * PER_CLASS["test"]), metrics
 
 
-def test_the_pooled_text_encoder_gives_the_fusion_head_its_word_states():
+@pytest.mark.parametrize("kind", ["pool", "gru-pool"])
+def test_the_pooled_text_encoders_give_the_fusion_head_their_word_states(kind: str):
     """A photos-style model (pooled text encoder) can carry a re-ranking head: per-word states are the word
-    layer's outputs beside the embeddings, zero past each caption, and the sentence vector is forward()'s."""
+    layer's (or the GRU's) outputs beside the embeddings, zero past each caption, and the sentence vector is
+    forward()'s."""
     vocab = Vocabulary.build(["a red circle", "a big blue square on grass"])
-    model = DualEncoder(replace(FROZEN, text_encoder="pool", fusion_dim=8), vocab).eval()
+    model = DualEncoder(replace(FROZEN, text_encoder=kind, bidirectional=True, fusion_dim=8), vocab).eval()
     tokens, lengths = model.tokenize(["a red circle", "a big blue square on grass"])
     with torch.inference_mode():
         vectors, states = model.text.with_words(tokens, lengths)

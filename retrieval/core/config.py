@@ -15,6 +15,7 @@ from retrieval.core.errors import ConfigError
 # with a JSON card of the same stem (its identity, what it was trained on, its measured recall).
 MODELS = {"photos": "photos.pt", "scenes": "scenes.pt"}
 DEFAULT_MODEL = "photos"  # what `vlsearch index` uses (scenes where the photos model is not installed)
+TEXT_ENCODERS = ("gru", "gru-pool", "pool")  # see model.TextEncoder
 DEMO_MODEL = "scenes"  # the demo generates scenes: the scenes model is the one that knows them
 
 
@@ -94,8 +95,9 @@ class ModelConfig:
     input_std: tuple[float, float, float] = field(default=(0.229, 0.224, 0.225), metadata={
         "help": "Per-channel std of the pixel normalisation (see --input-mean)."})
     text_encoder: str = field(default="gru", metadata={
-        "help": "Text branch: gru (reads word order) or pool (a layer per word, mean and max over the sentence; "
-                "cheap).", "choices": ("gru", "pool")})
+        "help": "Text branch: gru (a GRU reads the words; its last state), gru-pool (the same GRU, its states "
+                "averaged and max-pooled over the sentence) or pool (a layer per word, no word order; cheap).",
+        "choices": TEXT_ENCODERS})
     dropout: float = field(default=0.0, metadata={
         "help": "Dropout on pooled image features and word embeddings while training (0 = none).", "min": 0,
         "max": 1})

@@ -13,13 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from retrieval.core.config import ModelConfig
+from retrieval.core.config import TEXT_ENCODERS, ModelConfig
 from retrieval.core.errors import ConfigError
 from retrieval.core.fusion import FusionHead
 from retrieval.core.tokenizer import PAD_ID, Vocabulary
 
 POOL_GRID = {"avg": 1, "grid2": 2}
-TEXT_ENCODERS = ("gru", "pool")
 
 
 # torchvision CNN families whose feature trunk ends in a [B, C, H, W] map this module can pool
@@ -163,46 +162,65 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Word embeddings -> GRU over packed sequences (or, with ``text_encoder="pool"``, a per-word layer whose
-    outputs are averaged and max-pooled over the sentence) -> projection -> L2-normalised [B, D]."""
+    """Word embeddings -> per-word states -> one sentence vector -> projection -> L2-normalised [B, D].
+
+    ``text_encoder`` picks the states and the sentence vector: ``gru`` a GRU over packed sequences, its last
+    hidden state; ``gru-pool`` the same GRU's output at every word, averaged and max-pooled over the sentence
+    (every word reaches the vector directly, which learns faster from few captions); ``pool`` a layer per word
+    with no word order, averaged and max-pooled (cheap).
+    """
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         if config.text_encoder not in TEXT_ENCODERS:
             raise ConfigError(f"unknown text encoder {config.text_encoder!r}: use {' or '.join(TEXT_ENCODERS)}")
+        self.kind = config.text_encoder
         self.embed = nn.Embedding(vocab_size, config.word_dim, padding_idx=PAD_ID)
         self.dropout = config.dropout
-        if config.text_encoder == "pool":
+        pooled = 1 if self.kind == "gru" else 2  # mean and max side by side
+        if self.kind == "pool":
             self.mlp = nn.Sequential(nn.Linear(config.word_dim, config.hidden_size), nn.ReLU())
-            self.proj = nn.Linear(2 * config.hidden_size, config.embed_dim)
+            self.proj = nn.Linear(pooled * config.hidden_size, config.embed_dim)
             return
         self.gru = nn.GRU(config.word_dim, config.hidden_size, num_layers=config.gru_layers,
                           batch_first=True, bidirectional=config.bidirectional)
         directions = 2 if config.bidirectional else 1
-        self.proj = nn.Linear(config.hidden_size * directions, config.embed_dim)
+        self.proj = nn.Linear(pooled * config.hidden_size * directions, config.embed_dim)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] (padded with 0), lengths [B] -> [B, D]."""
-        if not hasattr(self, "gru"):
-            return self._pool(*self._word_layer(tokens))
         words = F.dropout(self.embed(tokens), self.dropout, self.training)  # [B, L, W]
+        if self.kind == "gru":
+            return self._last_state(*self._run_gru(words, lengths))
+        return self._pool(*self._word_states(tokens, lengths, words))
+
+    def _run_gru(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """words [B, L, W] -> (outputs [B, L, H * dirs], zero past each length; final hidden [layers * dirs, B, H])."""
         packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, hidden = self.gru(packed)  # [layers * dirs, B, H]
+        output, hidden = self.gru(packed)
+        states, _ = pad_packed_sequence(output, batch_first=True, total_length=words.shape[1])
+        return states, hidden
+
+    def _last_state(self, states: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The ``gru`` sentence vector: the last layer's final hidden state(s) -> projection -> [B, D]."""
         dirs = 2 if self.gru.bidirectional else 1
-        last = hidden[-dirs:].transpose(0, 1).reshape(tokens.shape[0], -1)  # [B, H * dirs]
+        last = hidden[-dirs:].transpose(0, 1).reshape(states.shape[0], -1)  # [B, H * dirs]
         return F.normalize(self.proj(last), dim=-1)
 
-    def _word_layer(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pooled encoder's per-word layer: tokens [B, L] -> (outputs [B, L, H], zero past each length;
-        mask [B, L, 1]). Each word on its own, so the layer runs once per distinct word of the batch."""
+    def _word_states(self, tokens: torch.Tensor, lengths: torch.Tensor, words: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled encoders' per-word states: (states [B, L, S], zero past each length; mask [B, L, 1]).
+        ``pool`` runs its layer once per distinct word of the batch (each word on its own)."""
+        mask = (tokens != PAD_ID).unsqueeze(-1)  # [B, L, 1]
+        if self.kind == "gru-pool":
+            return self._run_gru(words, lengths)[0], mask
         distinct, where = torch.unique(tokens, return_inverse=True)
         hidden = self.mlp(F.dropout(self.embed(distinct), self.dropout, self.training))[where]  # [B, L, H]
-        mask = (tokens != PAD_ID).unsqueeze(-1)  # [B, L, 1]
         return hidden * mask, mask
 
-    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean and max over the sentence's words -> [B, 2H] -> projection -> [B, D] unit vectors."""
-        mean = hidden.sum(1) / mask.sum(1).clamp(min=1)
-        largest = hidden.masked_fill(~mask, float("-inf")).amax(1)
+    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean and max over the sentence's words -> [B, 2S] -> projection -> [B, D] unit vectors."""
+        mean = states.sum(1) / mask.sum(1).clamp(min=1)
+        largest = states.masked_fill(~mask, float("-inf")).amax(1)
         return F.normalize(self.proj(torch.cat([mean, largest], dim=1)), dim=-1)
 
     def with_words(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,20 +228,16 @@ class TextEncoder(nn.Module):
         the GRU's output (or the pooled encoder's per-word layer) at each word beside the word's embedding;
         zero past each length)."""
         words = self.embed(tokens)  # [B, L, W]
-        if not hasattr(self, "gru"):
-            hidden, mask = self._word_layer(tokens)
-            return self._pool(hidden, mask), torch.cat([hidden, words], dim=-1)
-        packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        output, hidden = self.gru(packed)
-        states, _ = pad_packed_sequence(output, batch_first=True, total_length=tokens.shape[1])  # [B, L, H * dirs]
-        dirs = 2 if self.gru.bidirectional else 1
-        last = hidden[-dirs:].transpose(0, 1).reshape(tokens.shape[0], -1)
-        return F.normalize(self.proj(last), dim=-1), torch.cat([states, words], dim=-1)
+        if self.kind == "gru":
+            states, hidden = self._run_gru(words, lengths)
+            return self._last_state(states, hidden), torch.cat([states, words], dim=-1)
+        states, mask = self._word_states(tokens, lengths, words)
+        return self._pool(states, mask), torch.cat([states, words], dim=-1)
 
     @property
     def state_dim(self) -> int:
         """Size of a per-word state of :meth:`with_words`."""
-        if not hasattr(self, "gru"):
+        if self.kind == "pool":
             return self.mlp[0].out_features + self.embed.embedding_dim
         return self.gru.hidden_size * (2 if self.gru.bidirectional else 1) + self.embed.embedding_dim
 
