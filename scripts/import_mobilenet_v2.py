@@ -17,9 +17,10 @@ input scaling, both stored in the model's config:
                 input_mean=(0.5, 0.5, 0.5), input_std=(0.5, 0.5, 0.5))
 
 ``--check N`` runs the first N Flickr8k test images (sorted) through the LiteRT interpreter and through the
-converted network (with and without TF padding) and prints top-1 agreement (plain, and counting the
-interpreter's ties for first in its uint8 logits) and the mean absolute difference between the dequantised
-TFLite logits and the torch logits (classes 1..1000). Needs the ``convert`` extra: ``pip install -e
+converted network (with and without TF padding, and with TF padding and every activation rounded to the
+interpreter's uint8 grid) and prints top-1 agreement (plain, and counting the interpreter's ties for first in
+its uint8 logits) and the mean absolute difference between the dequantised TFLite logits and the torch
+logits (classes 1..1000). Needs the ``convert`` extra: ``pip install -e
 ".[convert]"`` (tflite reads the flatbuffer, ai-edge-litert runs the original).
 """
 from __future__ import annotations
@@ -51,6 +52,17 @@ class ConvLayer:
     output: int  # tensor index of its output (the last one's is the logits)
 
 
+@dataclass
+class Quantisation:
+    """How the interpreter stores the activations torch computes in float: each one rounded to uint8 at its
+    tensor's scale and zero point. Lists in execution order."""
+
+    input: tuple[float, int]
+    convolutions: list[tuple[float, int]]  # each conv's output (its ReLU6 fused in)
+    additions: list[tuple[float, int]]  # each residual ADD's output
+    pooled: tuple[float, int]  # the global average pool's output
+
+
 def _dequantise(model, graph, index: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """A constant tensor of the file -> float32, with its own scale and zero point (per tensor or per axis)."""
     import tflite
@@ -72,17 +84,27 @@ def _dequantise(model, graph, index: int) -> np.ndarray:  # type: ignore[no-unty
     return ((raw.astype(np.float64) - zero) * scale).astype(np.float32)
 
 
-def read_tflite(path: Path) -> list[ConvLayer]:
-    """Every CONV_2D / DEPTHWISE_CONV_2D of the file's graph, in execution order."""
+def _operators(path: Path):  # type: ignore[no-untyped-def]
+    """(model, graph, [(operator, its builtin code)]) of the file's graph, in execution order."""
     import tflite
 
     model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
     graph = model.Subgraphs(0)
-    layers = []
+    ops = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
-        kind = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())  # old files fill only the deprecated field
+        ops.append((op, max(code.BuiltinCode(), code.DeprecatedBuiltinCode())))  # old files: deprecated field
+    return model, graph, ops
+
+
+def read_tflite(path: Path) -> list[ConvLayer]:
+    """Every CONV_2D / DEPTHWISE_CONV_2D of the file's graph, in execution order."""
+    import tflite
+
+    model, graph, ops = _operators(path)
+    layers = []
+    for i, (op, kind) in enumerate(ops):
         if kind not in (tflite.BuiltinOperator.CONV_2D, tflite.BuiltinOperator.DEPTHWISE_CONV_2D):
             continue
         depthwise = kind == tflite.BuiltinOperator.DEPTHWISE_CONV_2D
@@ -95,6 +117,52 @@ def read_tflite(path: Path) -> list[ConvLayer]:
         layers.append(ConvLayer(_dequantise(model, graph, weight), _dequantise(model, graph, bias), depthwise,
                                 options.StrideH(), int(op.OutputsAsNumpy()[0])))
     return layers
+
+
+def read_quantisation(path: Path) -> Quantisation:
+    """The uint8 scale and zero point of the input and of every activation :func:`simulate_uint8` rounds."""
+    import tflite
+
+    _, graph, ops = _operators(path)
+
+    def of(index: int) -> tuple[float, int]:
+        quant = graph.Tensors(index).Quantization()
+        return float(quant.ScaleAsNumpy()[0]), int(quant.ZeroPointAsNumpy()[0])
+
+    def outputs(*kinds: int) -> list[tuple[float, int]]:
+        return [of(int(op.OutputsAsNumpy()[0])) for op, kind in ops if kind in kinds]
+
+    convolutions = outputs(tflite.BuiltinOperator.CONV_2D, tflite.BuiltinOperator.DEPTHWISE_CONV_2D)
+    return Quantisation(of(int(graph.InputsAsNumpy()[0])), convolutions, outputs(tflite.BuiltinOperator.ADD),
+                        outputs(tflite.BuiltinOperator.AVERAGE_POOL_2D)[0])
+
+
+def _round_uint8(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """Float activations -> the float values of their uint8 codes (what the interpreter holds)."""
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def simulate_uint8(net: nn.Module, quant: Quantisation) -> None:
+    """Round ``net``'s activations (a torchvision mobilenet_v2 of this file) to the interpreter's uint8 grid,
+    with forward hooks: what is left between the two is then the interpreter's integer arithmetic alone."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    def rounding(scale: float, zero: int):  # type: ignore[no-untyped-def]
+        return lambda module, inputs, output: _round_uint8(output, scale, zero)
+
+    modules = list(net.modules())
+    norms = [i for i, m in enumerate(modules) if isinstance(m, nn.BatchNorm2d)]
+    for position, (scale, zero) in zip(norms, quant.convolutions):  # the conv's output: after its ReLU6, if any
+        after = modules[position + 1] if position + 1 < len(modules) else None
+        (after if isinstance(after, nn.ReLU6) else modules[position]).register_forward_hook(rounding(scale, zero))
+    residual = [m for m in modules if isinstance(m, InvertedResidual) and m.use_res_connect]
+    if len(residual) != len(quant.additions) or len(norms) != len(quant.convolutions) - 1:
+        raise ValueError("the file's graph does not match torchvision's mobilenet_v2")
+    for block, (scale, zero) in zip(residual, quant.additions):
+        block.register_forward_hook(rounding(scale, zero))
+    pooled = quant.pooled
+    net.classifier.register_forward_pre_hook(lambda module, inputs: (_round_uint8(inputs[0], *pooled),))
+    net.classifier.register_forward_hook(rounding(*quant.convolutions[-1]))
 
 
 def to_state_dict(layers: list[ConvLayer]) -> dict[str, torch.Tensor]:
@@ -162,8 +230,10 @@ def tflite_logits(tflite_path: Path, pixels: torch.Tensor) -> tuple[np.ndarray, 
 
 
 @torch.inference_mode()
-def torch_logits(state: dict[str, torch.Tensor], pixels: torch.Tensor, tf_padding: bool) -> np.ndarray:
-    """uint8 [N, 3, 224, 224] -> the converted network's logits [N, 1000]."""
+def torch_logits(state: dict[str, torch.Tensor], pixels: torch.Tensor, tf_padding: bool,
+                 quant: Quantisation | None = None) -> np.ndarray:
+    """uint8 [N, 3, 224, 224] -> the converted network's logits [N, 1000]; with ``quant``, its input and
+    activations rounded as the interpreter's (see :func:`simulate_uint8`)."""
     import torchvision
 
     from retrieval.core.model import use_tf_padding
@@ -174,11 +244,17 @@ def torch_logits(state: dict[str, torch.Tensor], pixels: torch.Tensor, tf_paddin
     if tf_padding:
         use_tf_padding(net)
     net.eval()
-    return torch.cat([net(normalize_uint8(batch, INPUT_STATS, INPUT_STATS)) for batch in pixels.split(50)]).numpy()
+    if quant is None:
+        return torch.cat([net(normalize_uint8(batch, INPUT_STATS, INPUT_STATS)) for batch in pixels.split(50)]).numpy()
+    simulate_uint8(net, quant)
+    scale, zero = quant.input
+    return torch.cat([net((batch.float() - zero) * scale) for batch in pixels.split(50)]).numpy()
 
 
 def compare(tflite_path: Path, state: dict[str, torch.Tensor], images: list[Path]) -> dict[str, dict[str, float]]:
-    """Top-1 agreement (%) and mean absolute logit difference vs the interpreter, with and without TF padding.
+    """Top-1 agreement (%) and mean absolute logit difference vs the interpreter: the float network with and
+    without TF padding, and with TF padding and the interpreter's uint8 rounding of every activation simulated
+    (the float network is what ships; the simulation shows what of the difference is that rounding).
 
     The interpreter's logits are uint8 (a step of ~0.1): on some images two classes tie for first and its
     argmax takes the lower index. ``top1_agreement`` is the plain argmax comparison; ``top1_agreement_ties``
@@ -192,10 +268,12 @@ def compare(tflite_path: Path, state: dict[str, torch.Tensor], images: list[Path
     reference, step = tflite_logits(tflite_path, pixels)  # [N, 1000]
     first = reference.max(1)  # [N]
     results = {}
-    for tf_padding in (True, False):
-        logits = torch_logits(state, pixels, tf_padding)
+    runs = {"tf_padding=True": (True, None), "tf_padding=False": (False, None),
+            "tf_padding=True, uint8 activations": (True, read_quantisation(tflite_path))}
+    for name, (tf_padding, quant) in runs.items():
+        logits = torch_logits(state, pixels, tf_padding, quant)
         chosen = logits.argmax(1)  # [N]
-        results[f"tf_padding={tf_padding}"] = {
+        results[name] = {
             "top1_agreement": float((chosen == reference.argmax(1)).mean() * 100),
             "top1_agreement_ties": float((reference[np.arange(len(chosen)), chosen] == first).mean() * 100),
             "mean_abs_logit_diff": float(np.abs(logits - reference).mean()),
