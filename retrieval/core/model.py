@@ -188,51 +188,37 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] (padded with 0), lengths [B] -> [B, D]."""
+        return self._encode(tokens, lengths)[0]
+
+    def with_words(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, L], lengths [B] -> (the vector of :meth:`forward` [B, D], per-word states [B, L, S + W]:
+        the GRU's output (or the pooled encoder's per-word layer) at each word beside the word's embedding;
+        zero past each length)."""
+        vectors, states, words = self._encode(tokens, lengths)
+        return vectors, torch.cat([states, words], dim=-1)
+
+    def _encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (sentence vectors [B, D], per-word states [B, L, S] and embeddings [B, L, W], zero past each length)."""
         words = F.dropout(self.embed(tokens), self.dropout, self.training)  # [B, L, W]
-        if self.kind == "gru":
-            return self._last_state(*self._run_gru(words, lengths))
-        return self._pool(*self._word_states(tokens, lengths, words))
-
-    def _run_gru(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """words [B, L, W] -> (outputs [B, L, H * dirs], zero past each length; final hidden [layers * dirs, B, H])."""
-        packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        output, hidden = self.gru(packed)
-        states, _ = pad_packed_sequence(output, batch_first=True, total_length=words.shape[1])
-        return states, hidden
-
-    def _last_state(self, states: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """The ``gru`` sentence vector: the last layer's final hidden state(s) -> projection -> [B, D]."""
-        dirs = 2 if self.gru.bidirectional else 1
-        last = hidden[-dirs:].transpose(0, 1).reshape(states.shape[0], -1)  # [B, H * dirs]
-        return F.normalize(self.proj(last), dim=-1)
-
-    def _word_states(self, tokens: torch.Tensor, lengths: torch.Tensor, words: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pooled encoders' per-word states: (states [B, L, S], zero past each length; mask [B, L, 1]).
-        ``pool`` runs its layer once per distinct word of the batch (each word on its own)."""
         mask = (tokens != PAD_ID).unsqueeze(-1)  # [B, L, 1]
+        if self.kind == "pool":  # each word on its own: the layer runs once per distinct word of the batch
+            distinct, where = torch.unique(tokens, return_inverse=True)
+            states = self.mlp(F.dropout(self.embed(distinct), self.dropout, self.training))[where] * mask
+            return self._pool(states, mask), states, words
+        packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        output, hidden = self.gru(packed)  # hidden [layers * dirs, B, H]
+        states, _ = pad_packed_sequence(output, batch_first=True, total_length=tokens.shape[1])  # [B, L, H * dirs]
         if self.kind == "gru-pool":
-            return self._run_gru(words, lengths)[0], mask
-        distinct, where = torch.unique(tokens, return_inverse=True)
-        hidden = self.mlp(F.dropout(self.embed(distinct), self.dropout, self.training))[where]  # [B, L, H]
-        return hidden * mask, mask
+            return self._pool(states, mask), states, words
+        dirs = 2 if self.gru.bidirectional else 1
+        last = hidden[-dirs:].transpose(0, 1).reshape(tokens.shape[0], -1)  # [B, H * dirs]
+        return F.normalize(self.proj(last), dim=-1), states, words
 
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean and max over the sentence's words -> [B, 2S] -> projection -> [B, D] unit vectors."""
         mean = states.sum(1) / mask.sum(1).clamp(min=1)
         largest = states.masked_fill(~mask, float("-inf")).amax(1)
         return F.normalize(self.proj(torch.cat([mean, largest], dim=1)), dim=-1)
-
-    def with_words(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [B, L], lengths [B] -> (the vector of :meth:`forward` [B, D], per-word states [B, L, S + W]:
-        the GRU's output (or the pooled encoder's per-word layer) at each word beside the word's embedding;
-        zero past each length)."""
-        words = self.embed(tokens)  # [B, L, W]
-        if self.kind == "gru":
-            states, hidden = self._run_gru(words, lengths)
-            return self._last_state(states, hidden), torch.cat([states, words], dim=-1)
-        states, mask = self._word_states(tokens, lengths, words)
-        return self._pool(states, mask), torch.cat([states, words], dim=-1)
 
     @property
     def state_dim(self) -> int:
