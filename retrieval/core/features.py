@@ -130,21 +130,24 @@ def build_feature_cache(encoder: torch.nn.Module, items: Sequence[ImageCaptions]
             features[row, view] = value
         pending.clear()
 
-    for row, item in enumerate(items):
-        try:
-            image = load_rgb(item.image, 2 * image_size)[0]
-        except DecodeError:
-            failed.append(row)
-            continue
-        for view, transform in enumerate(transforms):
-            if view < first_view:
+    # crops come from torch's global generator, seeded per view; forked so that training after this draws the
+    # same numbers whether the cache was computed now or read from disk (the same command, the same model)
+    with torch.random.fork_rng(devices=[]):
+        for row, item in enumerate(items):
+            try:
+                image = load_rgb(item.image, 2 * image_size)[0]
+            except DecodeError:
+                failed.append(row)
                 continue
-            torch.manual_seed(seed * 1_000_003 + row * 1009 + view)  # crops come from torch's generator
-            pending.append((row, view, transform(image)))
-        if len(pending) >= BATCH:
+            for view, transform in enumerate(transforms):
+                if view < first_view:
+                    continue
+                torch.manual_seed(seed * 1_000_003 + row * 1009 + view)
+                pending.append((row, view, transform(image)))
+            if len(pending) >= BATCH:
+                flush()
+        if pending:
             flush()
-    if pending:
-        flush()
     if features is None:
         features = torch.zeros(len(items), views, 1, dtype=torch.float16)
     if cut != tail_stages:
