@@ -18,7 +18,7 @@ from retrieval.core.checkpoint import checkpoint_summary, load_model, read_check
 from retrieval.core.config import ModelConfig, TrainConfig
 from retrieval.core.errors import ConfigError, QueryError
 from retrieval.core.fusion import dequantize_regions, quantize_regions
-from retrieval.core.fusion_train import fusion_recall, train_fusion, word_vectors
+from retrieval.core.fusion_train import _draw, fusion_recall, train_fusion, word_vectors
 from retrieval.core.scenes.corpus import export_corpus, load_records, training_items
 from retrieval.core.scenes.quality import swap_pairs
 from retrieval.app.search import SearchEngine
@@ -160,13 +160,27 @@ def test_a_fusion_stage_needs_a_head_size(scenes: Path, models: tuple[Path, Path
                      ModelConfig(), TrainConfig(epochs=1), tmp_path / "x.pt")
 
 
+def test_hard_negatives_are_drawn_from_the_first_stage_pool() -> None:
+    """With a pool larger than the negatives per caption, each row gets its own random choice of distinct
+    candidates from its own pool, different from step to step; a pool of exactly K is used whole."""
+    torch.manual_seed(0)
+    pool = torch.arange(40).reshape(4, 10)  # row r holds 10r .. 10r + 9
+    first, second = _draw(pool, 3), _draw(pool, 3)
+    assert first.shape == (4, 3)
+    for row, drawn in enumerate(first.tolist()):
+        assert len(set(drawn)) == 3 and all(10 * row <= image < 10 * row + 10 for image in drawn)
+    assert not torch.equal(first, second)
+    assert torch.equal(_draw(pool[:, :3], 3), pool[:, :3])
+
+
 def test_a_recipe_fusion_stage_adds_a_head_to_its_init_model(scenes: Path, models: tuple[Path, Path],
                                                              tmp_path: Path) -> None:
     from retrieval.core.config import DataConfig
     from retrieval.core.recipe import Recipe, train_recipe
 
     recipe = Recipe(data=DataConfig(captions=str(scenes / "captions.jsonl")), model=ModelConfig(fusion_dim=8),
-                    train=TrainConfig(fusion_stage=True, epochs=1, batch_size=64, lr=3e-3, fusion_negatives=3))
+                    train=TrainConfig(fusion_stage=True, epochs=1, batch_size=64, lr=3e-3, fusion_negatives=3,
+                                       fusion_negative_pool=6))
     result = train_recipe(recipe, tmp_path / "staged.pt", init=models[0])
     model = load_model(tmp_path / "staged.pt")
     assert result.identity == model.identity == read_checkpoint(models[0])["identity"]

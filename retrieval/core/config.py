@@ -180,6 +180,10 @@ class TrainConfig:
                 "top-ranked wrong images and the captions' negatives."})
     fusion_negatives: int = field(default=15, metadata={
         "help": "Fusion stage: hard-negative images per caption.", "min": 1, "max": 1000})
+    fusion_negative_pool: int = field(default=0, metadata={
+        "help": "Fusion stage: draw each step's hard negatives at random from the dual encoder's top this many "
+                "wrong images per caption (0: always its top --fusion-negatives). Where many images fit a "
+                "caption (photos), the very top are often not wrong at all.", "min": 0, "max": 10000})
     save_half: bool = field(default=False, metadata={
         "help": "Store the final model's weights as float16 (half the file; they load back as float32)."})
 

@@ -135,6 +135,14 @@ def _hard_negatives(captions: torch.Tensor, images: torch.Tensor, caption_image:
     return torch.cat(out)
 
 
+def _draw(pool: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, P] candidate negatives -> [B, count] of them, a different random choice per row (all when P = count)."""
+    if pool.shape[1] <= count:
+        return pool
+    picks = torch.rand(pool.shape).argsort(dim=1)[:, :count]  # [B, count]
+    return pool.gather(1, picks)
+
+
 def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaptions],
                  model_config: ModelConfig, config: TrainConfig, out_path: str | Path,
                  base: str | Path | None = None, on_event: Callable[[Any], None] | None = None) -> dict[str, Any]:
@@ -154,7 +162,8 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
     caption_image = np.repeat(np.arange(len(train_items)), [len(item.captions) for item in train_items])
     swaps = [negs for item in train_items for negs in (item.caption_negatives or [[]] * len(item.captions))]
     caption_vectors = torch.from_numpy(encode_texts(model, captions))
-    negatives = _hard_negatives(caption_vectors, train_images.vectors, caption_image, config.fusion_negatives)
+    pool = max(config.fusion_negatives, config.fusion_negative_pool)
+    negatives = _hard_negatives(caption_vectors, train_images.vectors, caption_image, pool)  # [C, P]
 
     optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -166,8 +175,9 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
         order = torch.randperm(len(captions))
         for step in range(steps):
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
+            chosen = _draw(negatives[rows], config.fusion_negatives)
             total += _step(model, head, optimizer, rows, captions, swaps, caption_image, caption_vectors,
-                           negatives, train_images, config.grad_clip)
+                           chosen, train_images, config.grad_clip)
             if on_event and step % 20 == 0:
                 on_event(f"epoch {epoch} step {step + 1}/{steps} loss {total / (step + 1):.4f}")
         first, reranked = fusion_recall(model, val_items, val_images, EVAL_RERANK)
@@ -186,8 +196,9 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
 def _step(model: DualEncoder, head: FusionHead, optimizer: torch.optim.Optimizer, rows: torch.Tensor,
           captions: list[str], swaps: list[list[str]], caption_image: np.ndarray, caption_vectors: torch.Tensor,
           negatives: torch.Tensor, images: EncodedImages, grad_clip: float) -> float:
+    """One step on the captions ``rows`` against their images and ``negatives`` [B, K] (image rows)."""
     own = torch.from_numpy(caption_image[rows.numpy()])
-    candidates = torch.cat([own[:, None], negatives[rows]], dim=1)  # [B, 1 + K], the true image first
+    candidates = torch.cat([own[:, None], negatives], dim=1)  # [B, 1 + K], the true image first
     with torch.no_grad():
         tokens, lengths = model.tokenize([captions[i] for i in rows])
         _, states = model.text.with_words(tokens, lengths)
