@@ -152,12 +152,12 @@ def simulate_uint8(net: nn.Module, quant: Quantisation) -> None:
 
     modules = list(net.modules())
     norms = [i for i, m in enumerate(modules) if isinstance(m, nn.BatchNorm2d)]
-    for position, (scale, zero) in zip(norms, quant.convolutions):  # the conv's output: after its ReLU6, if any
-        after = modules[position + 1] if position + 1 < len(modules) else None
-        (after if isinstance(after, nn.ReLU6) else modules[position]).register_forward_hook(rounding(scale, zero))
     residual = [m for m in modules if isinstance(m, InvertedResidual) and m.use_res_connect]
     if len(residual) != len(quant.additions) or len(norms) != len(quant.convolutions) - 1:
         raise ValueError("the file's graph does not match torchvision's mobilenet_v2")
+    for position, (scale, zero) in zip(norms, quant.convolutions):  # the conv's output: after its ReLU6, if any
+        after = modules[position + 1] if position + 1 < len(modules) else None
+        (after if isinstance(after, nn.ReLU6) else modules[position]).register_forward_hook(rounding(scale, zero))
     for block, (scale, zero) in zip(residual, quant.additions):
         block.register_forward_hook(rounding(scale, zero))
     pooled = quant.pooled
