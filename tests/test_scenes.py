@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from retrieval.core.errors import ConfigError
-from retrieval.core.scenes.captions import (OPPOSITE_WORDS, SIZE_WORDS, Caption, query_set,
-                                       swap_caption, swap_variants)
-from retrieval.core.scenes.corpus import (CAPTIONS_FILE, DEMO_SCENES_FILE, export_corpus, generate_folder,
-                                     load_records, load_scenes, make_example, split_counts)
+from retrieval.core.scenes.captions import (OPPOSITE_WORDS, SIZE_WORDS, Caption, caption_distribution, caption_scene,
+                                       query_set, swap_caption, swap_variants)
+from retrieval.core.scenes.corpus import (CAPTIONS_FILE, DEMO_SCENES_FILE, SceneRecord, export_corpus,
+                                     generate_folder, load_records, load_scenes, make_example, split_counts)
+from retrieval.core.scenes.quality import best_possible_hits
 from retrieval.core.scenes.render import COLOUR_JITTER, RGB, render
 from retrieval.core.scenes.scene import (COLOURS, SHAPES, Meaning, Mention, Relation, Scene, SceneObject,
                                     sample_scene, satisfies)
@@ -220,3 +221,30 @@ def test_generate_folder_shows_only_images(tmp_path) -> None:
 def test_package_never_imports_torch() -> None:
     code = "import sys, retrieval.core.scenes.corpus; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_caption_distribution_is_what_the_sampler_draws() -> None:
+    by_count = {}
+    for scene, _ in examples(20):
+        by_count.setdefault(len(scene.objects), scene)
+    assert sorted(by_count) == [1, 2, 3]
+    for scene in by_count.values():
+        exact = caption_distribution(scene)
+        assert sum(exact.values()) == pytest.approx(1.0)
+        rng = random.Random(0)
+        draws = 20000
+        drawn = Counter((c.template, c.meaning) for _ in range(draws) for c in caption_scene(scene, rng, count=1))
+        assert set(drawn) <= set(exact)  # the sampler never says what the distribution calls impossible
+        assert max(abs(drawn[key] / draws - p) for key, p in exact.items()) < 0.006  # ~4 standard errors
+
+
+def test_best_possible_hits_split_ties_between_identical_scenes() -> None:
+    (scene, captions), (other, other_captions) = examples(2, seed=3)
+    records = [SceneRecord("a.png", scene, tuple(captions), "test"),
+               SceneRecord("b.png", scene, tuple(captions), "test"),  # the same scene twice: a coin flip
+               SceneRecord("c.png", other, tuple(other_captions), "test")]
+    hits = best_possible_hits(records, ks=(1, 2))
+    assert hits[1].shape == (len(captions) * 2 + len(other_captions),)
+    assert np.allclose(hits[1][:2 * len(captions)], 0.5)
+    assert np.allclose(hits[2][:2 * len(captions)], 1.0)
+    assert np.all(hits[1] <= hits[2])

@@ -7,7 +7,9 @@ hard negatives for training both need that).
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from dataclasses import dataclass, replace
+from itertools import accumulate, permutations, product
 from typing import Any
 
 from retrieval.core.scenes.scene import (INVERSE, Meaning, Mention, Relation, Scene, SceneObject, sample_scene,
@@ -50,6 +52,27 @@ CAPTIONS_PER_SCENE = 5
 
 
 @dataclass(frozen=True)
+class Form:
+    """One way to caption a scene: drawn with probability ``share`` among its object count's forms."""
+
+    share: float
+    templates: tuple[str, ...]
+    objects: int  # how many objects it mentions
+    related: bool  # states one true relation between its first two mentions
+    count: int | None  # the total it states ("two objects: ..."), None when unsaid
+
+
+# Per object count, the forms in the order a draw walks them; a relation in ~80 % of multi-object captions.
+FORMS: dict[int, tuple[Form, ...]] = {
+    1: (Form(0.3, ONE_COUNTED, 1, False, 1), Form(0.7, ONE, 1, False, None)),
+    2: (Form(0.65, PAIR_RELATED, 2, True, None), Form(0.2, TWO_RELATED, 2, True, 2),
+        Form(0.15, TWO_LISTED, 2, False, 2)),
+    3: (Form(0.55, PAIR_RELATED, 2, True, None), Form(0.25, THREE_RELATED, 3, True, None),
+        Form(0.15, THREE_LISTED, 3, False, 3), Form(0.05, PAIR_LISTED, 2, False, None)),
+}
+
+
+@dataclass(frozen=True)
 class Caption:
     """A sentence with its meaning, kept as template + chosen words so that it can be re-said after a swap."""
 
@@ -89,26 +112,15 @@ def caption_scene(scene: Scene, rng: random.Random, count: int = CAPTIONS_PER_SC
 
 
 def _one_caption(scene: Scene, rng: random.Random) -> Caption:
-    """One caption; the mix puts a relation in ~80 % of the captions of 2- and 3-object scenes."""
+    """One caption: a form drawn by its share, then its template, objects and words (:data:`FORMS`)."""
     n = len(scene.objects)
-    if n == 1:
-        counted = rng.random() < 0.3
-        template = rng.choice(ONE_COUNTED if counted else ONE)
-        return _say(template, scene, [0], None, 1 if counted else None, rng, SINGLE_MODES)
     roll = rng.random()
-    if n == 2:
-        if roll < 0.65:
-            return _related(rng.choice(PAIR_RELATED), scene, None, rng)
-        if roll < 0.85:
-            return _related(rng.choice(TWO_RELATED), scene, 2, rng)
-        return _say(rng.choice(TWO_LISTED), scene, rng.sample(range(n), 2), None, 2, rng)
-    if roll < 0.55:
-        return _related(rng.choice(PAIR_RELATED), scene, None, rng)
-    if roll < 0.8:
-        return _related(rng.choice(THREE_RELATED), scene, None, rng)
-    if roll < 0.95:
-        return _say(rng.choice(THREE_LISTED), scene, rng.sample(range(n), 3), None, 3, rng)
-    return _say(rng.choice(PAIR_LISTED), scene, rng.sample(range(n), 2), None, None, rng)
+    form = next((f for f, edge in zip(FORMS[n], accumulate(f.share for f in FORMS[n])) if roll < edge), FORMS[n][-1])
+    template = rng.choice(form.templates)
+    if form.related:
+        return _related(template, scene, form.count, rng)
+    objects = [0] if n == 1 else rng.sample(range(n), form.objects)
+    return _say(template, scene, objects, None, form.count, rng, SINGLE_MODES if n == 1 else ATTRIBUTE_MODES)
 
 
 def _related(template: str, scene: Scene, count: int | None, rng: random.Random) -> Caption:
@@ -138,6 +150,61 @@ def _say(template: str, scene: Scene, objects: list[int], predicate: str | None,
     relation = Relation(0, predicate, 1) if predicate else None
     rel_words = rng.choice(RELATION_WORDS[predicate]) if predicate else None
     return Caption(template, Meaning(tuple(mentions), relation, count), tuple(size_words), rel_words)
+
+
+def caption_distribution(scene: Scene) -> dict[tuple[str, Meaning], float]:
+    """Exact probability of each (template, meaning) one draw of :func:`_one_caption` can give for ``scene``.
+
+    The words a meaning is said in (size and relation synonyms) are drawn independently of the scene, so
+    ranking scenes by this probability is the best any caption-to-image ranker can do: it bounds what
+    recall a model can reach on the corpus (BENCHMARKS.md, "Re-ranking")."""
+    n = len(scene.objects)
+    modes = SINGLE_MODES if n == 1 else ATTRIBUTE_MODES
+    out: dict[tuple[str, Meaning], float] = defaultdict(float)
+    for form in FORMS[n]:
+        for meaning, p in (_related_meanings(scene, form) if form.related else _listed_meanings(scene, form, modes)):
+            for template in form.templates:
+                out[(template, meaning)] += form.share * p / len(form.templates)
+    return dict(out)
+
+
+def _related_meanings(scene: Scene, form: Form) -> list[tuple[Meaning, float]]:
+    """What :func:`_related` can say, with probabilities."""
+    held = [r for r in scene.relations if r.predicate != "next_to"]
+    out = []
+    for chosen in held:
+        predicates = [(chosen.predicate, 1.0)]
+        if scene.holds(chosen.subject, "next_to", chosen.object):
+            predicates = [(chosen.predicate, 1 - NEXT_TO_RATE), ("next_to", NEXT_TO_RATE)]
+        objects = [chosen.subject, chosen.object]
+        objects += [k for k in range(len(scene.objects)) if k not in objects][:form.objects - 2]
+        for predicate, q in predicates:
+            out += [(m, p * q / len(held)) for m, p in _said_meanings(scene, objects, predicate, form.count,
+                                                                       ATTRIBUTE_MODES)]
+    return out
+
+
+def _listed_meanings(scene: Scene, form: Form, modes: Modes) -> list[tuple[Meaning, float]]:
+    """What a listing form says, over every order :func:`_one_caption` can sample its objects in."""
+    orders = list(permutations(range(len(scene.objects)), form.objects))
+    return [(m, p / len(orders)) for order in orders
+            for m, p in _said_meanings(scene, list(order), None, form.count, modes)]
+
+
+def _said_meanings(scene: Scene, objects: list[int], predicate: str | None, count: int | None,
+                   modes: Modes) -> list[tuple[Meaning, float]]:
+    """What :func:`_say` can say of ``objects``: every choice of named attributes, with its probability."""
+    out = []
+    for choice in product(modes, repeat=len(objects)):
+        mentions: list[Mention] = []
+        p = 1.0
+        for k, (named, weight) in zip(objects, choice):
+            p *= weight
+            if _mention(scene.objects[k], named) in mentions:
+                named = ("size", "colour", "shape")
+            mentions.append(_mention(scene.objects[k], named))
+        out.append((Meaning(tuple(mentions), Relation(0, predicate, 1) if predicate else None, count), p))
+    return out
 
 
 def _mention(obj: SceneObject, named: tuple[str, ...]) -> Mention:

@@ -1,4 +1,5 @@
-"""Quality measures that need the scene graphs: the attribute-swap probe and semantic precision@K.
+"""Quality measures that need the scene graphs: the attribute-swap probe, semantic precision@K, and the
+recall no model can beat.
 
 Both work on vectors (numpy), so they serve the training script, the benchmarks and the tests alike:
 ``encode_texts(list of sentences) -> [N, D]`` unit vectors and image vectors [I, D] in record order.
@@ -11,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from retrieval.core.scenes.captions import SWAP_KINDS, Caption, swap_caption
+from retrieval.core.scenes.captions import SWAP_KINDS, Caption, caption_distribution, swap_caption
 from retrieval.core.scenes.corpus import SceneRecord
 from retrieval.core.scenes.scene import satisfies
 
@@ -66,3 +67,24 @@ def satisfiable_share(records: Sequence[SceneRecord], queries: Sequence[Caption]
     """The best semantic precision any model could reach: queries with fewer than ``k`` true images cap it."""
     shares = [min(k, sum(satisfies(q.meaning, r.scene) for r in records)) / k for q in queries]
     return float(100.0 * np.mean(shares))
+
+
+def best_possible_hits(records: Sequence[SceneRecord], ks: Sequence[int] = (1, 5, 10)) -> dict[int, np.ndarray]:
+    """For each caption of ``records`` (in order), the chance that a perfect ranker has its image in the top k.
+
+    A perfect ranker knows every scene and the caption grammar, and ranks images by the probability that
+    their scene is described with this template and meaning (:func:`caption_distribution`); images that tie
+    are ordered at random. Where several scenes fit a caption equally well, no model can tell its own image
+    apart, so this is the ceiling of text-to-image recall on ``records``."""
+    distributions = [caption_distribution(record.scene) for record in records]
+    hits: dict[int, list[float]] = {k: [] for k in ks}
+    for own, record in enumerate(records):
+        for caption in record.captions:
+            key = (caption.template, caption.meaning)
+            chance = np.array([d.get(key, 0.0) for d in distributions])
+            mine = chance[own]
+            above = np.sum(chance > mine * (1 + 1e-9))  # relative tolerance: sums of the same products
+            tied = np.sum(np.abs(chance - mine) <= mine * 1e-9)
+            for k in ks:
+                hits[k].append(float(np.clip((k - above) / tied, 0.0, 1.0)))
+    return {k: np.array(v) for k, v in hits.items()}
