@@ -10,7 +10,8 @@ encoder's own 20,000; from 21,500 on, fresh scenes it never saw, whose first-sta
 test split's -- validation the recipe's 500 (examples 20,000-20,499), test its 1,000 (20,500-21,499), the
 split BENCHMARKS.md measures on. Only the examples used are rendered (``--corpus``). Prints and writes (``--report``) recall of both stages by
 re-rank depth and of the best possible ranker (the ceiling the caption grammar leaves), R@1 and R@10 by
-scene kind, and the attribute-swap probe scored by the head, by kind.
+scene kind, what the deepest re-ranking puts first where it misses, and the attribute-swap probe scored by
+the head, by kind.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +32,11 @@ from retrieval.core.checkpoint import load_model  # noqa: E402
 from retrieval.core.config import ModelConfig, TrainConfig  # noqa: E402
 from retrieval.core.device import set_threads  # noqa: E402
 from retrieval.core.evaluate import t2i_ranks  # noqa: E402
-from retrieval.core.fusion_train import encode_maps, rerank_ranks, train_fusion, word_vectors  # noqa: E402
-from retrieval.core.scenes.captions import SWAP_KINDS  # noqa: E402
+from retrieval.core.fusion_train import encode_maps, rerank_order, rerank_ranks, train_fusion, word_vectors  # noqa: E402
+from retrieval.core.scenes.captions import SWAP_KINDS, caption_distribution  # noqa: E402
 from retrieval.core.scenes.corpus import SCENES_FILE, SceneRecord, _write_one, load_records, training_items  # noqa: E402
 from retrieval.core.scenes.quality import best_possible_hits, swap_pairs  # noqa: E402
+from retrieval.core.scenes.scene import satisfies  # noqa: E402
 
 SEED, SIZE, VAL_START, TEST_START = 1, 64, 20000, 20500
 
@@ -83,6 +86,9 @@ def measure(model, folder: Path, depths: list[int]) -> dict:
             for k in (1, 10):
                 report[f"by_kind_r{k}"][kind][name] = float(100 * np.mean(by_k[k][kinds == kind]))
     report["by_kind_r1"], report["by_kind_r10"] = dict(report["by_kind_r1"]), dict(report["by_kind_r10"])
+    deepest = max(depths)
+    top = rerank_order(head, similarity, words, lengths, regions, deepest)[:, 0]
+    report[f"top1_rerank{deepest}"] = top_image_verdicts(records, captions, caption_image, top, kinds)
     probe = {}
     for kind in (*SWAP_KINDS, None):
         pairs = swap_pairs(records, 0, (kind,) if kind else SWAP_KINDS)
@@ -99,6 +105,31 @@ def measure(model, folder: Path, depths: list[int]) -> dict:
     report["swap_probe"] = probe
     report["mix"] = float(head.mix)
     return report
+
+
+def top_image_verdicts(records: list[SceneRecord], captions: list, caption_image: np.ndarray, top: np.ndarray,
+                       kinds: np.ndarray) -> dict[str, dict[str, int]]:
+    """Per scene kind, how many captions have as top image: their own, another that fits at least as well
+    (a perfect ranker's loss too), one that fits less well, or one that does not fit (its objects, or only
+    its relation or count) -- where the R@1 misses come from."""
+    distributions: dict[int, dict] = {}
+    verdicts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for caption, own, best, kind in zip(captions, caption_image, top, kinds):
+        other = records[best].scene
+        if best == own:
+            verdict = "own image"
+        elif satisfies(caption.meaning, other):
+            for i in (own, best):
+                distributions.setdefault(i, caption_distribution(records[i].scene))
+            key = (caption.template, caption.meaning)
+            likely = distributions[best].get(key, 0.0) >= distributions[own][key] * (1 - 1e-9)
+            verdict = "another that fits at least as well" if likely else "another that fits less well"
+        elif satisfies(replace(caption.meaning, relation=None, count=None), other):
+            verdict = "objects fit, relation or count does not"
+        else:
+            verdict = "a named object missing"
+        verdicts[kind][verdict] += 1
+    return {kind: dict(v) for kind, v in verdicts.items()}
 
 
 def main() -> int:
@@ -126,8 +157,8 @@ def main() -> int:
     if train.start < TEST_START + 1000 and train.stop > VAL_START:
         parser.error(f"--train-start {args.train_start}: training examples {train.start}-{train.stop - 1} overlap the "
                      f"validation and test examples {VAL_START}-{TEST_START + 999}")
-    export_examples(args.corpus, {"train": train, "val": range(VAL_START, VAL_START + args.val),
-                                  "test": range(TEST_START, TEST_START + 1000)})
+    splits = {"val": range(VAL_START, VAL_START + args.val), "test": range(TEST_START, TEST_START + 1000)}
+    export_examples(args.corpus, splits if args.eval_only else {"train": train, **splits})
     print(f"corpus ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     model_path = args.model
     if not args.eval_only:

@@ -87,13 +87,11 @@ def word_vectors(model: DualEncoder, captions: Sequence[str], batch_size: int = 
     return torch.cat(vectors), torch.cat(words), torch.cat(lengths)
 
 
-def rerank_ranks(head: FusionHead, similarity: np.ndarray, caption_image: np.ndarray, words: torch.Tensor,
-                 lengths: torch.Tensor, regions: torch.Tensor, depth: int, chunk: int = 256) -> np.ndarray:
-    """0-based rank of each caption's image after the head re-orders the first stage's top ``depth``.
+def rerank_order(head: FusionHead, similarity: np.ndarray, words: torch.Tensor, lengths: torch.Tensor,
+                 regions: torch.Tensor, depth: int, chunk: int = 256) -> np.ndarray:
+    """[C, depth] image rows: each caption's first-stage top ``depth`` as the head re-orders them, best first.
 
-    similarity [C, I] (first stage), words [C, L, d], lengths [C], regions [I, R, d]. An image outside
-    the top ``depth`` keeps its first-stage rank (re-ranking cannot reach it)."""
-    ranks = t2i_ranks(similarity, caption_image)
+    similarity [C, I] (first stage), words [C, L, d], lengths [C], regions [I, R, d]."""
     depth = min(depth, similarity.shape[1])
     top = np.argsort(-similarity, axis=1, kind="stable")[:, :depth]  # [C, N]
     with torch.inference_mode():
@@ -103,10 +101,19 @@ def rerank_ranks(head: FusionHead, similarity: np.ndarray, caption_image: np.nda
             first = torch.from_numpy(np.take_along_axis(similarity[rows], top[rows], axis=1))
             scores = head.score(words[rows, None], lengths[rows, None], regions[candidates], first)  # [b, N]
             order = torch.argsort(scores, dim=1, descending=True, stable=True).numpy()
-            reordered = np.take_along_axis(top[rows], order, axis=1)
-            hit = reordered == caption_image[rows, None]
-            found = hit.any(axis=1)
-            ranks[rows][found] = hit.argmax(axis=1)[found]
+            top[rows] = np.take_along_axis(top[rows], order, axis=1)
+    return top
+
+
+def rerank_ranks(head: FusionHead, similarity: np.ndarray, caption_image: np.ndarray, words: torch.Tensor,
+                 lengths: torch.Tensor, regions: torch.Tensor, depth: int) -> np.ndarray:
+    """0-based rank of each caption's image after the head re-orders the first stage's top ``depth``
+    (:func:`rerank_order`). An image outside the top ``depth`` keeps its first-stage rank (re-ranking
+    cannot reach it)."""
+    ranks = t2i_ranks(similarity, caption_image)
+    hit = rerank_order(head, similarity, words, lengths, regions, depth) == caption_image[:, None]
+    found = hit.any(axis=1)
+    ranks[found] = hit.argmax(axis=1)[found]
     return ranks
 
 
