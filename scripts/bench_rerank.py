@@ -4,7 +4,8 @@
 
 Indexes ``--folder`` twice into fresh indexes under ``--work`` (the model without its head, then with it:
 same CNN pass, plus region codes), then times ``SearchEngine.search`` on one torch thread with ``rerank=0``
-and with each ``--depths`` value, over the scenes query set; the added latency is each query's difference.
+and with each ``--depths`` value, over the scenes query set (or the lines of ``--query-file``: photo
+captions for a photos model); the added latency is each query's difference.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_rerank")
     parser.add_argument("--depths", default="20,100,300")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--query-file", type=Path, default=None, help="one query per line (default: the scenes set)")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -68,7 +70,8 @@ def main() -> int:
     with SearchEngine.open(args.work / "fused", model=args.model) as engine:
         images, with_regions = len(engine), engine.store.region_count()
         [blob] = engine.store.regions(engine.store.ids_matching()[:1]).values()
-        queries = [q.text for q in query_set(0, args.queries)]
+        queries = ([line.strip() for line in args.query_file.read_text().splitlines() if line.strip()][:args.queries]
+                   if args.query_file else [q.text for q in query_set(0, args.queries)])
         torch.set_num_threads(1)
         for query in queries[:20]:  # warm-up
             engine.search(query, k=10, rerank=100)
