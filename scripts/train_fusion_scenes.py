@@ -4,7 +4,8 @@
     python scripts/train_fusion_scenes.py --model data/scenes.pt --eval-only
 
 The dual encoder is frozen (its stored tensors and identity stay as they are, so indexes built with it stay
-valid); only the head's weights and settings are added to the checkpoint. Scenes are the recipe's (seed 1,
+valid); only the head's weights and settings are added to the checkpoint. A model that already has a head
+has that head trained further (``--dim`` then does not apply). Scenes are the recipe's (seed 1,
 64 px): training scenes are ``--train`` examples from ``--train-start`` -- by default the first of the dual
 encoder's own 20,000; from 21,500 on, fresh scenes it never saw, whose first-stage rankings look like the
 test split's -- validation the recipe's 500 (examples 20,000-20,499), test its 1,000 (20,500-21,499), the
