@@ -8,6 +8,7 @@ without a head answers from the first stage.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from retrieval.core.checkpoint import checkpoint_summary, load_model, read_check
 from retrieval.core.config import ModelConfig, TrainConfig
 from retrieval.core.errors import ConfigError, QueryError
 from retrieval.core.fusion import dequantize_regions, quantize_regions
-from retrieval.core.fusion_train import _draw, fusion_recall, train_fusion, word_vectors
+from retrieval.core.fusion_train import MIX_CHOICES, MIX_DEPTH, _draw, fusion_recall, train_fusion, word_vectors
 from retrieval.core.scenes.corpus import export_corpus, load_records, training_items
 from retrieval.core.scenes.quality import swap_pairs
 from retrieval.app.search import SearchEngine
@@ -96,6 +97,24 @@ def test_rerank_recall_reports_both_stages(scenes: Path, models: tuple[Path, Pat
     assert first.captions == second.captions == 750
     assert second.t2i.r10 == pytest.approx(first.t2i.r10)  # re-ordering the top 10 keeps the top 10's set
     assert second.i2t == first.i2t
+
+
+def test_a_head_trained_alone_takes_the_mix_that_ranks_validation_best(scenes: Path, models: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    val = split(scenes, "val", False)
+    config = TrainConfig(epochs=2, batch_size=32, lr=3e-3, seed=0, fusion_negatives=7, fusion_mix_on_validation=True)
+    best = train_fusion(load_model(models[0]), split(scenes, "train", True), val, FUSED, config, tmp_path / "alone.pt",
+                        base=models[0])
+    model = load_model(tmp_path / "alone.pt")
+    chosen = float(model.fusion.mix.detach())
+    assert min(abs(chosen - m) for m in MIX_CHOICES) < 1e-3 and chosen == pytest.approx(best["mix"], abs=1e-3)
+    recall = {}
+    for mix in (MIX_CHOICES[0], chosen, MIX_CHOICES[-1]):
+        with torch.no_grad():
+            model.fusion.mix_logit.fill_(math.log(mix / (1 - mix)))
+        t2i = fusion_recall(model, val, depth=MIX_DEPTH)[1].t2i
+        recall[mix] = (t2i.r1, t2i.r10)
+    assert recall[chosen] == max(recall.values())  # R@1 first, then R@10: what the choice maximises
 
 
 def test_quantized_regions_keep_their_direction() -> None:

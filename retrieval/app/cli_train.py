@@ -114,7 +114,8 @@ class TrainProgress:
                        f"{'  WARNING: embeddings collapsed' if event.collapsed else ''}", err=True)
         elif isinstance(event, FusionEpoch):
             click.echo(f"fusion epoch {event.epoch}: loss {event.loss:.4f}, {event.seconds:.0f} s, val t2i R@1 "
-                       f"{event.first:.1f} -> {event.reranked:.1f} re-ranked{' (best, saved)' if event.best else ''}",
+                       f"{event.first:.1f} -> {event.reranked:.1f} re-ranked (mix {event.mix:.2f})"
+                       f"{' (best, saved)' if event.best else ''}",
                        err=True)
         else:
             self.bar = self.bar or ProgressBar("batch", desc=f"epoch {event.epoch}")

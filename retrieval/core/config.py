@@ -184,6 +184,10 @@ class TrainConfig:
         "help": "Fusion stage: draw each step's hard negatives at random from the dual encoder's top this many "
                 "wrong images per caption (0: always its top --fusion-negatives). Where many images fit a "
                 "caption (photos), the very top are often not wrong at all.", "min": 0, "max": 10000})
+    fusion_mix_on_validation: bool = field(default=False, metadata={
+        "help": "Fusion stage: train the head's own score alone, then choose its mix with the dual encoder's "
+                "score on the validation images after each epoch, instead of learning the mix on training "
+                "images the dual encoder has fitted."})
     save_half: bool = field(default=False, metadata={
         "help": "Store the final model's weights as float16 (half the file; they load back as float32)."})
 

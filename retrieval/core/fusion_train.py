@@ -31,6 +31,8 @@ from retrieval.core.model import DualEncoder, _trunk_channels
 from retrieval.core.transforms import prepare_batch
 
 EVAL_RERANK = 20  # validation re-ranks each caption's top 20 (cheap; search defaults to more)
+MIX_DEPTH = 100  # the mix is chosen where search re-ranks: each caption's top 100
+MIX_CHOICES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the first-stage score's share: 0.05 ... 0.95
 
 
 @dataclass
@@ -42,6 +44,7 @@ class FusionEpoch:
     first: float  # validation t2i R@1 of the dual encoder
     reranked: float  # the same after re-ranking
     best: bool
+    mix: float  # the first-stage score's share in the head's score
 
 
 @dataclass
@@ -160,6 +163,8 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
     torch.manual_seed(config.seed)
     model = model.cpu().eval()
     head = _attach_head(model, model_config)
+    if config.fusion_mix_on_validation:
+        head.mix_logit.requires_grad_(False)
     train_images, failed = encode_maps(model, train_items)
     train_items = [train_items[i] for i in kept_rows(len(train_items), failed)]
     val_images, val_failed = encode_maps(model, val_items)
@@ -177,6 +182,9 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
     steps = math.ceil(len(captions) / config.batch_size)
     best: dict[str, Any] | None = None
     for epoch in range(1, config.epochs + 1):
+        if config.fusion_mix_on_validation:
+            with torch.no_grad():
+                head.mix_logit.fill_(-math.inf)  # the head's own score alone
         head.train()
         started, total = time.perf_counter(), 0.0
         order = torch.randperm(len(captions))
@@ -187,12 +195,15 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
                            chosen, train_images, config.grad_clip)
             if on_event and step % 20 == 0:
                 on_event(f"epoch {epoch} step {step + 1}/{steps} loss {total / (step + 1):.4f}")
+        if config.fusion_mix_on_validation:
+            choose_mix(model, val_items, val_images)
         first, reranked = fusion_recall(model, val_items, val_images, EVAL_RERANK)
         improved = best is None or reranked.t2i.r1 > best["reranked"]["t2i"]["r1"]
         event = FusionEpoch(epoch, total / steps, time.perf_counter() - started, first.t2i.r1, reranked.t2i.r1,
-                            improved)
+                            improved, float(head.mix.detach()))
         if improved:
-            best = {"epoch": epoch, "first": first.to_dict(), "reranked": reranked.to_dict(), "depth": EVAL_RERANK}
+            best = {"epoch": epoch, "first": first.to_dict(), "reranked": reranked.to_dict(), "depth": EVAL_RERANK,
+                    "mix": float(head.mix.detach())}
             save_fusion(model, out_path, base, metrics={"fusion_val": best}, half=config.save_half)
         if on_event:
             on_event(event)
@@ -233,6 +244,43 @@ def _step(model: DualEncoder, head: FusionHead, optimizer: torch.optim.Optimizer
     return float(loss.detach())
 
 
+def _rerank_inputs(model: DualEncoder, items: Sequence[ImageCaptions], images: EncodedImages
+                   ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What measuring re-ranking on ``items`` needs: caption vectors [C, D], first-stage similarity [C, I],
+    each caption's image row [C], the head's word vectors [C, L, d] and lengths [C], and regions [I, R, d]."""
+    captions = [c for item in items for c in item.captions]
+    caption_image = np.repeat(np.arange(len(items)), [len(item.captions) for item in items])
+    vectors, words, lengths = word_vectors(model, captions)
+    with torch.inference_mode():
+        regions = model.fusion.regions(images.maps.float())
+    return vectors, (vectors @ images.vectors.T).numpy(), caption_image, words, lengths, regions
+
+
+def choose_mix(model: DualEncoder, items: Sequence[ImageCaptions], images: EncodedImages,
+               depth: int = MIX_DEPTH) -> float:
+    """Set the head's mix to the choice (:data:`MIX_CHOICES`) that re-ranks ``items`` best -- R@1 of each
+    caption's top ``depth``, then R@10 -- and return it. For a head trained on its own score alone: on
+    training images the dual encoder's score is better than anywhere else, so a mix learned there trusts
+    it too much."""
+    head = model.fusion.eval()
+    _, similarity, caption_image, words, lengths, regions = _rerank_inputs(model, items, images)
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :min(depth, similarity.shape[1])]  # [C, N]
+    with torch.inference_mode():
+        fused = torch.cat([head.fused(words[rows, None], lengths[rows, None], regions[torch.from_numpy(top[rows])])
+                           for rows in (slice(s, s + 256) for s in range(0, len(top), 256))]).numpy()
+    first = np.take_along_axis(similarity, top, axis=1)
+    own = top == caption_image[:, None]
+
+    def recall(mix: float) -> tuple[float, float]:
+        hit = np.take_along_axis(own, np.argsort(-((1 - mix) * fused + mix * first), axis=1, kind="stable"), axis=1)
+        return float(hit[:, :1].any(axis=1).mean()), float(hit[:, :10].any(axis=1).mean())
+
+    mix = max(MIX_CHOICES, key=recall)
+    with torch.no_grad():
+        head.mix_logit.fill_(math.log(mix / (1 - mix)))
+    return mix
+
+
 def fusion_recall(model: DualEncoder, items: Sequence[ImageCaptions], images: EncodedImages | None = None,
                   depth: int = 100) -> tuple[EvalResult, EvalResult]:
     """Text->image recall of the first stage, and after the head re-ranks each caption's top ``depth``
@@ -244,12 +292,7 @@ def fusion_recall(model: DualEncoder, items: Sequence[ImageCaptions], images: En
     if images is None:
         images, failed = encode_maps(model, items)
         items = [items[i] for i in kept_rows(len(items), failed)]
-    captions = [c for item in items for c in item.captions]
-    caption_image = np.repeat(np.arange(len(items)), [len(item.captions) for item in items])
-    vectors, words, lengths = word_vectors(model, captions)
-    with torch.inference_mode():
-        regions = head.regions(images.maps.float())
-    similarity = (vectors @ images.vectors.T).numpy()
+    vectors, similarity, caption_image, words, lengths, regions = _rerank_inputs(model, items, images)
     first = folded_metrics(images.vectors.numpy(), vectors.numpy(), caption_image)
     ranks = rerank_ranks(head, similarity, caption_image, words, lengths, regions, depth)
     hits = lambda k: float(100.0 * np.mean(ranks < k))  # noqa: E731
