@@ -18,8 +18,8 @@ from indexer.pipeline import build_index
 from retrieval.core.checkpoint import checkpoint_summary, load_model, read_checkpoint
 from retrieval.core.config import ModelConfig, TrainConfig
 from retrieval.core.errors import ConfigError, QueryError
-from retrieval.core.fusion import dequantize_regions, quantize_regions
-from retrieval.core.fusion_train import MIX_CHOICES, MIX_DEPTH, _draw, fusion_recall, train_fusion, word_vectors
+from retrieval.core.fusion import DEFAULT_DEPTH, dequantize_regions, quantize_regions
+from retrieval.core.fusion_train import MIX_CHOICES, _draw, fusion_recall, train_fusion, word_vectors
 from retrieval.core.scenes.corpus import export_corpus, load_records, training_items
 from retrieval.core.scenes.quality import swap_pairs
 from retrieval.app.search import SearchEngine
@@ -112,7 +112,7 @@ def test_a_head_trained_alone_takes_the_mix_that_ranks_validation_best(scenes: P
     for mix in (MIX_CHOICES[0], chosen, MIX_CHOICES[-1]):
         with torch.no_grad():
             model.fusion.mix_logit.fill_(math.log(mix / (1 - mix)))
-        t2i = fusion_recall(model, val, depth=MIX_DEPTH)[1].t2i
+        t2i = fusion_recall(model, val, depth=DEFAULT_DEPTH)[1].t2i
         recall[mix] = (t2i.r1, t2i.r10)
     assert recall[chosen] == max(recall.values())  # R@1 first, then R@10: what the choice maximises
 

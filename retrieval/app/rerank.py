@@ -15,13 +15,12 @@ import numpy as np
 import torch
 
 from retrieval.core.errors import QueryError
-from retrieval.core.fusion import dequantize_regions
+from retrieval.core.fusion import DEFAULT_DEPTH, dequantize_regions
 
 if TYPE_CHECKING:
     from retrieval.app.search import Hit
     from retrieval.core.model import DualEncoder
 
-DEFAULT_DEPTH = 100  # candidates re-ranked when the model has a head (BENCHMARKS.md, "Re-ranking")
 MAX_DEPTH = 10000
 
 

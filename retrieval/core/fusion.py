@@ -22,6 +22,8 @@ from torch import nn
 
 from retrieval.core.config import ModelConfig
 
+DEFAULT_DEPTH = 100  # candidates search re-ranks when the model has a head (BENCHMARKS.md, "Re-ranking")
+
 
 class RegionProjector(nn.Module):
     """Trunk map [B, C, h, w] -> unit region vectors [B, h*w, d], each knowing where it lies."""

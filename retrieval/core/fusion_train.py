@@ -26,12 +26,11 @@ from retrieval.core.data import cache_images, kept_rows
 from retrieval.core.device import set_threads
 from retrieval.core.errors import CaptionsError, ConfigError
 from retrieval.core.evaluate import EvalResult, encode_texts, folded_metrics, t2i_ranks
-from retrieval.core.fusion import FusionHead
+from retrieval.core.fusion import DEFAULT_DEPTH, FusionHead
 from retrieval.core.model import DualEncoder, _trunk_channels
 from retrieval.core.transforms import prepare_batch
 
 EVAL_RERANK = 20  # validation re-ranks each caption's top 20 (cheap; search defaults to more)
-MIX_DEPTH = 100  # the mix is chosen where search re-ranks: each caption's top 100
 MIX_CHOICES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the first-stage score's share: 0.05 ... 0.95
 
 
@@ -257,7 +256,7 @@ def _rerank_inputs(model: DualEncoder, items: Sequence[ImageCaptions], images: E
 
 
 def choose_mix(model: DualEncoder, items: Sequence[ImageCaptions], images: EncodedImages,
-               depth: int = MIX_DEPTH) -> float:
+               depth: int = DEFAULT_DEPTH) -> float:
     """Set the head's mix to the choice (:data:`MIX_CHOICES`) that re-ranks ``items`` best -- R@1 of each
     caption's top ``depth``, then R@10 -- and return it. For a head trained on its own score alone: on
     training images the dual encoder's score is better than anywhere else, so a mix learned there trusts
@@ -282,7 +281,7 @@ def choose_mix(model: DualEncoder, items: Sequence[ImageCaptions], images: Encod
 
 
 def fusion_recall(model: DualEncoder, items: Sequence[ImageCaptions], images: EncodedImages | None = None,
-                  depth: int = 100) -> tuple[EvalResult, EvalResult]:
+                  depth: int = DEFAULT_DEPTH) -> tuple[EvalResult, EvalResult]:
     """Text->image recall of the first stage, and after the head re-ranks each caption's top ``depth``
     (image->text columns of the second are the first stage's: re-ranking serves text queries)."""
     head = model.fusion
@@ -324,7 +323,7 @@ def save_fusion(model: DualEncoder, out_path: str | Path, base: str | Path | Non
 
 
 def evaluate_reranked(model_path: str | Path | None, captions_path: str | Path, images_dir: str | Path | None = None,
-                      *, fmt: str = "auto", split: str | None = "test", depth: int = 100
+                      *, fmt: str = "auto", split: str | None = "test", depth: int = DEFAULT_DEPTH
                       ) -> tuple[EvalResult, EvalResult, Any]:
     """Like :func:`retrieval.core.evaluate.evaluate_model` (one fold, on the CPU), for both stages: returns (first
     stage, after re-ranking each caption's top ``depth``, the caption set)."""
