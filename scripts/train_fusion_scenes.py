@@ -5,14 +5,14 @@
 
 The dual encoder is frozen (its stored tensors and identity stay as they are, so indexes built with it stay
 valid); only the head's weights and settings are added to the checkpoint. A model that already has a head
-has that head trained further (``--dim`` then does not apply). Scenes are the recipe's (seed 1,
-64 px): training scenes are ``--train`` examples from ``--train-start`` -- by default the first of the dual
+has that head trained further (``--dim`` then does not apply). Scenes are the recipe's (seed 1, 64 px):
+training scenes are ``--train`` examples from ``--train-start`` -- by default the first of the dual
 encoder's own 20,000; from 21,500 on, fresh scenes it never saw, whose first-stage rankings look like the
 test split's -- validation the recipe's 500 (examples 20,000-20,499), test its 1,000 (20,500-21,499), the
-split BENCHMARKS.md measures on. Only the examples used are rendered (``--corpus``). Prints and writes (``--report``) recall of both stages by
-re-rank depth and of the best possible ranker (the ceiling the caption grammar leaves), R@1 and R@10 by
-scene kind, what the deepest re-ranking puts first where it misses, and the attribute-swap probe scored by
-the head, by kind.
+split BENCHMARKS.md measures on. Only the examples used are rendered (``--corpus``). Prints and writes
+(``--report``) recall of both stages by re-rank depth and of the best possible ranker (the ceiling the
+caption grammar leaves), R@1 and R@10 by scene kind, what the deepest re-ranking puts first where it
+misses, and the attribute-swap probe scored by the head, by kind.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from retrieval.core.checkpoint import load_model  # noqa: E402
 from retrieval.core.config import ModelConfig, TrainConfig  # noqa: E402
 from retrieval.core.device import set_threads  # noqa: E402
 from retrieval.core.evaluate import t2i_ranks  # noqa: E402
-from retrieval.core.fusion_train import encode_maps, rerank_order, rerank_ranks, train_fusion, word_vectors  # noqa: E402
+from retrieval.core.fusion_train import (encode_maps, rerank_order, rerank_ranks, train_fusion,  # noqa: E402
+                                         word_vectors)
 from retrieval.core.scenes.captions import SWAP_KINDS, caption_distribution  # noqa: E402
 from retrieval.core.scenes.corpus import SCENES_FILE, SceneRecord, _write_one, load_records, training_items  # noqa: E402
 from retrieval.core.scenes.quality import best_possible_hits, swap_pairs  # noqa: E402
@@ -140,14 +141,16 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT / "runs" / "fusion-scenes")
     parser.add_argument("--train", type=int, default=8000, help="training scenes, examples --train-start onwards")
     parser.add_argument("--train-start", type=int, default=0,
-                        help=f"first training example; {TEST_START + 1000} and above: scenes the dual encoder never saw")
+                        help=f"first training example; {TEST_START + 1000} and above: scenes the dual encoder "
+                             "never saw")
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--negatives", type=int, default=15)
     parser.add_argument("--negative-pool", type=int, default=0,
-                        help="draw each step's negatives from the first stage's top P wrong images (0: its top --negatives)")
+                        help="draw each step's negatives from the first stage's top P wrong images "
+                             "(0: its top --negatives)")
     parser.add_argument("--depths", default="20,100,300")
     parser.add_argument("--eval-only", action="store_true", help="measure --model (which has a head)")
     parser.add_argument("--report", type=Path, default=None, help="write the measurements here as JSON")
