@@ -4,15 +4,15 @@
     python scripts/train_fusion_scenes.py --model data/scenes.pt --eval-only
 
 The dual encoder is frozen (its stored tensors and identity stay as they are, so indexes built with it stay
-valid); only the head's weights and settings are added to the checkpoint. A model that already has a head
-has that head trained further (``--dim`` then does not apply). Scenes are the recipe's (seed 1, 64 px):
-training scenes are ``--train`` examples from ``--train-start`` -- by default the first of the dual
-encoder's own 20,000; from 21,500 on, fresh scenes it never saw, whose first-stage rankings look like the
-test split's -- validation the recipe's 500 (examples 20,000-20,499), test its 1,000 (20,500-21,499), the
-split BENCHMARKS.md measures on. Only the examples used are rendered (``--corpus``). Prints and writes
-(``--report``) recall of both stages by re-rank depth and of the best possible ranker (the ceiling the
-caption grammar leaves), R@1 and R@10 by scene kind, what the deepest re-ranking puts first where it
-misses, and the attribute-swap probe scored by the head, by kind.
+valid); only the head's weights and settings are added to the checkpoint. A model that already has a head has
+that head trained further (``--dim`` then does not apply). Scenes are the recipe's (seed 1, 64 px): training
+scenes are ``--train`` examples from ``--train-start`` -- by default the first of the dual encoder's own
+20,000; from 21,500 on, fresh scenes it never saw, whose first-stage rankings look like the test split's --
+validation the recipe's 500 (examples 20,000-20,499), test its 1,000 (20,500-21,499), the split BENCHMARKS.md
+measures on (``--test-start`` measures 1,000 other fresh scenes instead). Only the examples used are rendered
+(``--corpus``). Prints and writes (``--report``) recall of both stages by re-rank depth and of the best
+possible ranker (the ceiling the caption grammar leaves), R@1 and R@10 by scene kind, what the deepest
+re-ranking puts first where it misses, and the attribute-swap probe scored by the head, by kind.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def measure(model, folder: Path, depths: list[int]) -> dict:
         probe[kind or "all"] = {"pairs": len(pairs), "first": float(100 * (g_true > g_false).float().mean()),
                                 "fusion": float(100 * (f_true > f_false).float().mean())}
     report["swap_probe"] = probe
-    report["mix"] = float(head.mix)
+    report["mix"] = float(head.mix.detach())
     return report
 
 
@@ -144,6 +144,9 @@ def main() -> int:
                         help=f"first training example; {TEST_START + 1000} and above: scenes the dual encoder "
                              "never saw")
     parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--test-start", type=int, default=TEST_START,
+                        help=f"first of the 1,000 scenes measured: {TEST_START}, the test split, or another 1,000 "
+                             "fresh scenes (BENCHMARKS.md chooses among heads on examples 110,000-110,999)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dim", type=int, default=64)
@@ -158,10 +161,14 @@ def main() -> int:
     set_threads()
     started = time.perf_counter()
     train = range(args.train_start, args.train_start + args.train)
-    if train.start < TEST_START + 1000 and train.stop > VAL_START:
-        parser.error(f"--train-start {args.train_start}: training examples {train.start}-{train.stop - 1} overlap the "
-                     f"validation and test examples {VAL_START}-{TEST_START + 999}")
-    splits = {"val": range(VAL_START, VAL_START + args.val), "test": range(TEST_START, TEST_START + 1000)}
+    splits = {"val": range(VAL_START, VAL_START + args.val), "test": range(args.test_start, args.test_start + 1000)}
+    if args.test_start < TEST_START:
+        parser.error(f"--test-start {args.test_start}: examples before {TEST_START} are the dual encoder's training "
+                     "and validation scenes")
+    for name, held_out in splits.items():
+        if train.start < held_out.stop and held_out.start < train.stop:
+            parser.error(f"--train-start {args.train_start}: training examples {train.start}-{train.stop - 1} "
+                         f"overlap the {name} examples {held_out.start}-{held_out.stop - 1}")
     export_examples(args.corpus, splits if args.eval_only else {"train": train, **splits})
     print(f"corpus ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     model_path = args.model
@@ -178,6 +185,7 @@ def main() -> int:
     model = load_model(model_path)
     report = measure(model, args.corpus, [int(d) for d in args.depths.split(",")])
     report["model"], report["fusion"] = model.identity, model.fusion_identity
+    report["test_examples"] = f"{args.test_start}-{args.test_start + 999}"
     report["seconds"] = round(time.perf_counter() - started)
     text = json.dumps(report, indent=2)
     print(text)
