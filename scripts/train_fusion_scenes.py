@@ -22,6 +22,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -165,10 +166,11 @@ def main() -> int:
     if args.test_start < TEST_START:
         parser.error(f"--test-start {args.test_start}: examples before {TEST_START} are the dual encoder's training "
                      "and validation scenes")
-    for name, held_out in splits.items():
-        if train.start < held_out.stop and held_out.start < train.stop:
-            parser.error(f"--train-start {args.train_start}: training examples {train.start}-{train.stop - 1} "
-                         f"overlap the {name} examples {held_out.start}-{held_out.stop - 1}")
+    named = {"training": train, "validation": splits["val"], "measured": splits["test"]}
+    for (name, first), (other, second) in combinations(named.items(), 2):
+        if first.start < second.stop and second.start < first.stop:
+            parser.error(f"the {name} examples {first.start}-{first.stop - 1} overlap the {other} examples "
+                         f"{second.start}-{second.stop - 1} (--train-start, --train, --val, --test-start)")
     export_examples(args.corpus, splits if args.eval_only else {"train": train, **splits})
     print(f"corpus ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     model_path = args.model

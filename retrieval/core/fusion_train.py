@@ -89,13 +89,17 @@ def word_vectors(model: DualEncoder, captions: Sequence[str], batch_size: int = 
     return torch.cat(vectors), torch.cat(words), torch.cat(lengths)
 
 
+def _first_stage_top(similarity: np.ndarray, depth: int) -> np.ndarray:
+    """similarity [C, I] -> [C, N] image rows, each caption's top ``depth`` (N = min(depth, I)), best first."""
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :min(depth, similarity.shape[1])]
+
+
 def rerank_order(head: FusionHead, similarity: np.ndarray, words: torch.Tensor, lengths: torch.Tensor,
                  regions: torch.Tensor, depth: int, chunk: int = 256) -> np.ndarray:
     """[C, depth] image rows: each caption's first-stage top ``depth`` as the head re-orders them, best first.
 
     similarity [C, I] (first stage), words [C, L, d], lengths [C], regions [I, R, d]."""
-    depth = min(depth, similarity.shape[1])
-    top = np.argsort(-similarity, axis=1, kind="stable")[:, :depth]  # [C, N]
+    top = _first_stage_top(similarity, depth)  # [C, N]
     with torch.inference_mode():
         for start in range(0, len(top), chunk):
             rows = slice(start, start + chunk)
@@ -263,7 +267,7 @@ def choose_mix(model: DualEncoder, items: Sequence[ImageCaptions], images: Encod
     it too much."""
     head = model.fusion.eval()
     _, similarity, caption_image, words, lengths, regions = _rerank_inputs(model, items, images)
-    top = np.argsort(-similarity, axis=1, kind="stable")[:, :min(depth, similarity.shape[1])]  # [C, N]
+    top = _first_stage_top(similarity, depth)  # [C, N]
     with torch.inference_mode():
         fused = torch.cat([head.fused(words[rows, None], lengths[rows, None], regions[torch.from_numpy(top[rows])])
                            for rows in (slice(s, s + 256) for s in range(0, len(top), 256))]).numpy()
