@@ -3,16 +3,16 @@
     python scripts/train_fusion_scenes.py --model data/scenes.pt --out data/scenes.pt
     python scripts/train_fusion_scenes.py --model data/scenes.pt --eval-only
 
-The dual encoder is frozen (its stored tensors and identity stay as they are, so indexes built with it stay
-valid); only the head's weights and settings are added to the checkpoint. A model that already has a head has
-that head trained further (``--dim`` then does not apply). Scenes are the recipe's (seed 1, 64 px): training
-scenes are ``--train`` examples from ``--train-start`` -- by default the first of the dual encoder's own
-20,000; from 21,500 on, fresh scenes it never saw, whose first-stage rankings look like the test split's --
-validation the recipe's 500 (examples 20,000-20,499), test its 1,000 (20,500-21,499), the split BENCHMARKS.md
-measures on (``--test-start`` measures 1,000 other fresh scenes instead). Only the examples used are rendered
-(``--corpus``). Prints and writes (``--report``) recall of both stages by re-rank depth and of the best
-possible ranker (the ceiling the caption grammar leaves), R@1 and R@10 by scene kind, what the deepest
-re-ranking puts first where it misses, and the attribute-swap probe scored by the head, by kind.
+The dual encoder is frozen (its stored tensors and identity stay as they are, so indexes built with it stay valid);
+only the head's weights and settings are added to the checkpoint. A model that already has a head has that head
+trained further (``--dim`` then does not apply; a ``--region-stages`` above the head's widens it). Scenes are the
+recipe's (seed 1, 64 px): training scenes are ``--train`` examples from ``--train-start`` -- by default the first
+of the dual encoder's own 20,000; from 21,500 on, fresh scenes it never saw, whose first-stage rankings look like
+the test split's -- validation the recipe's 500 (examples 20,000-20,499), test its 1,000 (20,500-21,499), the split
+BENCHMARKS.md measures on (``--test-start`` measures 1,000 other fresh scenes instead). Only the examples used are
+rendered (``--corpus``). Prints and writes (``--report``) recall of both stages by re-rank depth and of the best
+possible ranker (the ceiling the caption grammar leaves), R@1 and R@10 by scene kind, what the deepest re-ranking
+puts first where it misses, and the attribute-swap probe scored by the head, by kind.
 """
 from __future__ import annotations
 
@@ -151,6 +151,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--region-stages", type=int, default=1,
+                        help="trunk stages the head's regions come from (2: layer2's 8x8 map beside layer3's 4x4); "
+                             "a head with fewer has its regions widened (its new weights start at zero)")
     parser.add_argument("--negatives", type=int, default=15)
     parser.add_argument("--negative-pool", type=int, default=0,
                         help="draw each step's negatives from the first stage's top P wrong images "
@@ -180,8 +183,9 @@ def main() -> int:
         val_items = training_items(args.corpus, [r for r in records if r.split == "val"], False)
         config = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, fusion_negatives=args.negatives,
                              fusion_negative_pool=args.negative_pool, save_half=True)
-        best = train_fusion(load_model(args.model), train_items, val_items, ModelConfig(fusion_dim=args.dim),
-                            config, args.out, base=args.model, on_event=lambda e: print(e, file=sys.stderr))
+        head_config = ModelConfig(fusion_dim=args.dim, fusion_region_stages=args.region_stages)
+        best = train_fusion(load_model(args.model), train_items, val_items, head_config, config, args.out,
+                            base=args.model, on_event=lambda e: print(e, file=sys.stderr))
         print(f"best {best['epoch']}, trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         model_path = args.out
     model = load_model(model_path)

@@ -20,6 +20,7 @@ from retrieval.core.config import ModelConfig, TrainConfig
 from retrieval.core.errors import ConfigError, QueryError
 from retrieval.core.fusion import DEFAULT_DEPTH, dequantize_regions, quantize_regions
 from retrieval.core.fusion_train import MIX_CHOICES, _draw, fusion_recall, train_fusion, word_vectors
+from retrieval.core.model import DualEncoder
 from retrieval.core.scenes.corpus import export_corpus, load_records, training_items
 from retrieval.core.scenes.quality import swap_pairs
 from retrieval.app.search import SearchEngine
@@ -57,8 +58,8 @@ def models(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     return out / "dual.pt", out / "fused.pt"
 
 
-def test_the_head_binds_attributes_better_than_the_dual_encoder(scenes: Path, models: tuple[Path, Path]) -> None:
-    model = load_model(models[1])
+def swap_probe(model: DualEncoder, scenes: Path) -> tuple[float, float]:
+    """How often the dual encoder, and the head, score a held-out scene's caption above its attribute swap."""
     records = [r for r in load_records(scenes).values() if r.split == "test"]
     pairs = swap_pairs(records)
     items = training_items(scenes, records, False)
@@ -73,11 +74,14 @@ def test_the_head_binds_attributes_better_than_the_dual_encoder(scenes: Path, mo
         first_true, first_false = (true_v * images.vectors[index]).sum(-1), (false_v * images.vectors[index]).sum(-1)
         fused_true = model.fusion.score(true_w, true_l, regions, first_true)
         fused_false = model.fusion.score(false_w, false_l, regions, first_false)
-    dual = float((first_true > first_false).float().mean())
-    fused = float((fused_true > fused_false).float().mean())
     assert len(pairs) > 300
-    assert fused > dual + 0.03, (dual, fused)
     assert torch.all(fused_true.abs() <= 1 + 1e-5)  # a score lives on the cosine scale
+    return float((first_true > first_false).float().mean()), float((fused_true > fused_false).float().mean())
+
+
+def test_the_head_binds_attributes_better_than_the_dual_encoder(scenes: Path, models: tuple[Path, Path]) -> None:
+    dual, fused = swap_probe(load_model(models[1]), scenes)
+    assert fused > dual + 0.03, (dual, fused)
 
 
 def test_the_head_ships_in_the_checkpoint_and_leaves_the_dual_encoder_as_stored(models: tuple[Path, Path]) -> None:
@@ -122,6 +126,50 @@ def test_quantized_regions_keep_their_direction() -> None:
     codes = quantize_regions(regions)
     assert codes.dtype == torch.int8 and codes.numel() == 5 * 9 * 64
     assert ((dequantize_regions(codes) * regions).sum(-1) > 0.999).all()
+
+
+def test_two_region_stages_put_the_finer_map_beside_the_last_one_repeated(models: tuple[Path, Path]) -> None:
+    image = load_model(models[0]).image.eval()
+    pixels = torch.randn(2, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        vectors, last = image.with_map(pixels)
+        same, both = image.with_map(pixels, 2)
+        before = image.trunk[:-1](pixels)  # layer2: 6x6 at 48 px
+    assert torch.allclose(vectors, same)  # the first stage's vectors do not depend on the region map
+    assert last.shape == (2, 256, 3, 3) and both.shape == (2, 128 + 256, 6, 6)
+    assert image.region_channels(1) == 256 and image.region_channels(2) == 128 + 256
+    assert torch.allclose(both[:, :128], before)
+    assert torch.allclose(both[:, 128:, 4, 1], last[:, :, 2, 0])  # each layer3 cell covers 2x2 of layer2's
+    with pytest.raises(ConfigError, match="stages"):
+        image.with_map(pixels, len(image.trunk))
+
+
+def test_a_widened_head_projects_as_before_until_it_trains(models: tuple[Path, Path], scenes: Path,
+                                                           tmp_path: Path) -> None:
+    """A head given a second region stage starts from the one it was (the new channels' weights are zero);
+    trained, it still binds attributes, an index stores 4x the regions and search re-ranks from them; the dual
+    encoder stays as stored."""
+    model = load_model(models[1])
+    projector = model.fusion.regions
+    old = projector.proj
+    features = torch.randn(5, 256)
+    with torch.no_grad():
+        expected = old(features)
+        projector.widen(128)
+        assert torch.allclose(projector.proj(torch.cat([torch.randn(5, 128), features], dim=1)), expected, atol=1e-5)
+    config = TrainConfig(epochs=1, batch_size=32, lr=3e-3, seed=0, fusion_negatives=7)
+    train_fusion(load_model(models[1]), split(scenes, "train", True), split(scenes, "val", False),
+                 ModelConfig(fusion_dim=16, fusion_region_stages=2), config, tmp_path / "wide.pt", base=models[1])
+    wide = load_model(tmp_path / "wide.pt")
+    assert wide.config.fusion_region_stages == 2 and wide.identity == load_model(models[1]).identity
+    assert wide.fusion_identity != load_model(models[1]).fusion_identity
+    dual, fused = swap_probe(wide, scenes)
+    assert fused > dual + 0.03, (dual, fused)
+    build_index(scenes / "images", tmp_path / "idx", model=tmp_path / "wide.pt", workers=0, batch_size=64)
+    with SearchEngine.open(tmp_path / "idx", model=tmp_path / "wide.pt") as engine:
+        ids = [h.id for h in engine.search("a red circle", k=3, rerank=20)]
+        assert all(len(blob) == 36 * 16 for blob in engine.store.regions(ids).values())  # 6x6 regions of 16 int8
+        assert [h.stage for h in engine.search("a red circle", k=3, rerank=20)] == ["rerank"] * 3
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,10 @@ class ModelConfig:
         "help": "Fusion head: sharpness of each word's softmax attention over the image regions.", "min": 0})
     fusion_pool: float = field(default=6.0, metadata={
         "help": "Fusion head: LogSumExp sharpness pooling the words' relevances (0: their mean).", "min": 0})
+    fusion_region_stages: int = field(default=1, metadata={
+        "help": "Fusion head: how many of the trunk's last stages describe each region. 1: the last stage's map; "
+                "2: the stage before it too, at its grid (finer for a ResNet: 4x the regions to store and score), "
+                "the last map repeated over it.", "min": 1, "max": 4})
     tf_padding: bool = field(default=False, metadata={
         "help": "Pad strided convolutions as TensorFlow's SAME does (0 before, 1 after at even sizes): for "
                 "weights converted from TensorFlow."})

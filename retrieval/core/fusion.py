@@ -2,7 +2,8 @@
 
 A dual encoder squeezes an image into one vector, so "a red cross above a green star" can score higher on
 scenes that hold the named colours on other shapes. The head instead keeps the trunk's map before pooling
-([B, C, h, w], e.g. 4x4) as R = h*w region vectors and scores text-to-image attention (SCAN, Lee et al. 2018):
+([B, C, h, w], e.g. 4x4; with ``fusion_region_stages`` 2 the stage before's finer map beside it) as R = h*w region
+vectors and scores text-to-image attention (SCAN, Lee et al. 2018):
 
     word t -> cosine to every region -> softmax(attention x cosine) -> attended region vector a_t
     relevance r_t = cos(word t, a_t)  ->  pooled over words: log(mean exp(pool x r_t)) / pool  (0: mean)
@@ -26,20 +27,31 @@ DEFAULT_DEPTH = 100  # candidates search re-ranks when the model has a head (BEN
 
 
 class RegionProjector(nn.Module):
-    """Trunk map [B, C, h, w] -> unit region vectors [B, h*w, d], each knowing where it lies."""
+    """Region map [B, C, h, w] (ImageEncoder.with_map) -> unit region vectors [B, h*w, d], each knowing where
+    it lies."""
 
     def __init__(self, channels: int, dim: int):
         super().__init__()
         self.proj = nn.Linear(channels, dim)
         self.position = nn.Linear(2, dim)  # (x, y) in [-1, 1]: any grid size, no stored table
 
-    def forward(self, trunk_map: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = trunk_map.shape
-        features = trunk_map.float().flatten(2).transpose(1, 2)  # [B, R, C], row-major over (y, x)
+    def forward(self, region_map: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = region_map.shape
+        features = region_map.float().flatten(2).transpose(1, 2)  # [B, R, C], row-major over (y, x)
         ys = torch.linspace(-1, 1, height, device=features.device)
         xs = torch.linspace(-1, 1, width, device=features.device)
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # [R, 2] (x, y)
         return F.normalize(self.proj(features) + self.position(grid), dim=-1)
+
+    def widen(self, channels: int) -> None:
+        """Take ``channels`` more input channels in front (an earlier trunk stage's: ImageEncoder.with_map), their
+        weights zero, so the head starts out scoring as it did and training grows the new weights from there."""
+        old = self.proj
+        self.proj = nn.Linear(channels + old.in_features, old.out_features, device=old.weight.device)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            self.proj.weight[:, channels:] = old.weight
+            self.proj.bias.copy_(old.bias)
 
 
 class WordProjector(nn.Module):

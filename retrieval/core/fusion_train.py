@@ -27,7 +27,7 @@ from retrieval.core.device import set_threads
 from retrieval.core.errors import CaptionsError, ConfigError
 from retrieval.core.evaluate import EvalResult, encode_texts, folded_metrics, t2i_ranks
 from retrieval.core.fusion import DEFAULT_DEPTH, FusionHead
-from retrieval.core.model import DualEncoder, _trunk_channels
+from retrieval.core.model import DualEncoder
 from retrieval.core.transforms import prepare_batch
 
 EVAL_RERANK = 20  # validation re-ranks each caption's top 20 (cheap; search defaults to more)
@@ -50,7 +50,7 @@ class FusionEpoch:
 class EncodedImages:
     """What the frozen image branch gives for a set of images, computed once."""
     vectors: torch.Tensor  # [I, D] unit
-    maps: torch.Tensor  # [I, C, h, w] float16: the trunk's map before pooling
+    maps: torch.Tensor  # [I, C, h, w] float16: the region map (ImageEncoder.with_map)
 
 
 def encode_maps(model: DualEncoder, items: Sequence[ImageCaptions], batch_size: int = 256
@@ -67,9 +67,9 @@ def encode_maps(model: DualEncoder, items: Sequence[ImageCaptions], batch_size: 
         for start in range(0, len(pixels), batch_size):
             batch = prepare_batch(pixels[start:start + batch_size], device, model.config.input_mean,
                                   model.config.input_std)
-            vector, trunk_map = model.image.with_map(batch)
+            vector, region_map = model.image.with_map(batch, model.config.fusion_region_stages)
             vectors.append(vector.float())
-            maps.append(trunk_map.half().contiguous())
+            maps.append(region_map.half().contiguous())
     return EncodedImages(torch.cat(vectors), torch.cat(maps)), failed
 
 
@@ -124,13 +124,19 @@ def rerank_ranks(head: FusionHead, similarity: np.ndarray, caption_image: np.nda
 
 
 def _attach_head(model: DualEncoder, model_config: ModelConfig) -> FusionHead:
-    """Give ``model`` a fresh head with ``model_config``'s fusion settings (or keep the one it has)."""
+    """Give ``model`` a fresh head with ``model_config``'s fusion settings, or keep the one it has -- its
+    regions widened when ``model_config`` asks for more trunk stages than they have (RegionProjector.widen)."""
+    stages = model_config.fusion_region_stages
     if model.fusion is None:
         if not model_config.fusion_dim:
             raise ConfigError("a fusion stage needs --fusion-dim (the size of the head's vectors, e.g. 64)")
         fusion = {k: v for k, v in asdict(model_config).items() if k.startswith("fusion")}
         model.config = replace(model.config, **fusion)
-        model.fusion = FusionHead(model.config, _trunk_channels(model.image.trunk), model.text.state_dim)
+        model.fusion = FusionHead(model.config, model.image.region_channels(stages), model.text.state_dim)
+    elif stages > model.config.fusion_region_stages:
+        had = model.config.fusion_region_stages
+        model.fusion.regions.widen(model.image.region_channels(stages) - model.image.region_channels(had))
+        model.config = replace(model.config, fusion_region_stages=stages)
     model.requires_grad_(False)
     model.fusion.requires_grad_(True)
     return model.fusion

@@ -155,10 +155,28 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(images))
 
-    def with_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 3, H, W] -> (unit vectors [B, D], the trunk's map before pooling [B, C, h, w]): one trunk pass."""
-        trunk_map = self.trunk(images)
-        return self.project(self.pool(trunk_map).flatten(1)), trunk_map
+    def with_map(self, images: torch.Tensor, stages: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> (unit vectors [B, D], the region map [B, C, h, w]): one trunk pass. The region map
+        is the trunk's map before pooling, or with ``stages`` > 1 the outputs of its last ``stages`` stages side
+        by side at the finest grid among them, each coarser map repeated over it (a ResNet's layer2 sees
+        objects at twice layer3's resolution)."""
+        if not 1 <= stages < len(self.trunk):
+            raise ConfigError(f"the trunk has {len(self.trunk)} stages; regions cannot come from its last {stages}")
+        maps = []
+        trunk_map = images
+        for position, stage in enumerate(self.trunk):
+            trunk_map = stage(trunk_map)
+            if position >= len(self.trunk) - stages:
+                maps.append(trunk_map)
+        vectors = self.project(self.pool(trunk_map).flatten(1))
+        if stages == 1:
+            return vectors, trunk_map
+        grid = max((m.shape[-2:] for m in maps), key=lambda size: size[0] * size[1])
+        return vectors, torch.cat([F.interpolate(m, size=grid, mode="nearest") for m in maps], dim=1)
+
+    def region_channels(self, stages: int = 1) -> int:
+        """Channels of :meth:`with_map`'s region map."""
+        return sum(_trunk_channels(self.trunk[:len(self.trunk) - n]) for n in range(stages))
 
 
 class TextEncoder(nn.Module):
@@ -247,7 +265,7 @@ class DualEncoder(nn.Module):
         self.text = TextEncoder(config, len(vocab))
         self.fusion = None  # the re-ranking head (retrieval.core.fusion), when config.fusion_dim > 0
         if config.fusion_dim:
-            channels = _trunk_channels(self.image.trunk) if self.image is not None else None
+            channels = self.image.region_channels(config.fusion_region_stages) if self.image is not None else None
             self.fusion = FusionHead(config, channels, self.text.state_dim)
         self.identity = ""  # content hash, set by the checkpoint loader
         self.fusion_identity = ""  # content hash of the fusion head ("" without one)
@@ -269,8 +287,8 @@ class DualEncoder(nn.Module):
             raise RuntimeError("this model was loaded without its image branch")
         if self.fusion is None:
             return self.encode_image(images), None
-        vectors, trunk_map = self.image.with_map(images)
-        return vectors, self.fusion.regions(trunk_map)
+        vectors, region_map = self.image.with_map(images, self.config.fusion_region_stages)
+        return vectors, self.fusion.regions(region_map)
 
     def encode_text_words(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens [B, L], lengths [B] -> (unit vectors [B, D], the fusion head's unit word vectors [B, L, d])."""
