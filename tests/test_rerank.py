@@ -167,8 +167,8 @@ def test_a_widened_head_projects_as_before_until_it_trains(models: tuple[Path, P
     assert fused > dual + 0.03, (dual, fused)
     build_index(scenes / "images", tmp_path / "idx", model=tmp_path / "wide.pt", workers=0, batch_size=64)
     with SearchEngine.open(tmp_path / "idx", model=tmp_path / "wide.pt") as engine:
-        ids = [h.id for h in engine.search("a red circle", k=3, rerank=20)]
-        assert all(len(blob) == 36 * 16 for blob in engine.store.regions(ids).values())  # 6x6 regions of 16 int8
+        blobs = engine.store.regions([h.id for h in engine.search("a red circle", k=3, rerank=20)])
+        assert [len(blob) for blob in blobs.values()] == [36 * 16] * 3  # 6x6 regions of 16 int8 codes each
         assert [h.stage for h in engine.search("a red circle", k=3, rerank=20)] == ["rerank"] * 3
 
 

@@ -45,7 +45,8 @@ class RegionProjector(nn.Module):
 
     def widen(self, channels: int) -> None:
         """Take ``channels`` more input channels in front (an earlier trunk stage's: ImageEncoder.with_map), their
-        weights zero, so the head starts out scoring as it did and training grows the new weights from there."""
+        weights zero, so the projection starts out as it was and training grows the new weights from there (on a
+        finer grid, each region's position is read at its own, finer coordinates)."""
         old = self.proj
         self.proj = nn.Linear(channels + old.in_features, old.out_features, device=old.weight.device)
         with torch.no_grad():
