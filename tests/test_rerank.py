@@ -140,8 +140,10 @@ def test_two_region_stages_put_the_finer_map_beside_the_last_one_repeated(models
     assert image.region_channels(1) == 256 and image.region_channels(2) == 128 + 256
     assert torch.allclose(both[:, :128], before)
     assert torch.allclose(both[:, 128:, 4, 1], last[:, :, 2, 0])  # each layer3 cell covers 2x2 of layer2's
-    with pytest.raises(ConfigError, match="stages"):
+    with pytest.raises(ConfigError, match="fusion_region_stages"):
         image.with_map(pixels, len(image.trunk))
+    with pytest.raises(ConfigError, match="fusion_region_stages"):
+        image.region_channels(len(image.trunk))  # what building a head with that setting asks first
 
 
 def test_a_widened_head_projects_as_before_until_it_trains(models: tuple[Path, Path], scenes: Path,

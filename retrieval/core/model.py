@@ -160,8 +160,7 @@ class ImageEncoder(nn.Module):
         is the trunk's map before pooling, or with ``stages`` > 1 the outputs of its last ``stages`` stages side
         by side at the finest grid among them, each coarser map repeated over it (a ResNet's layer2 sees
         objects at twice layer3's resolution)."""
-        if not 1 <= stages < len(self.trunk):
-            raise ConfigError(f"the trunk has {len(self.trunk)} stages; regions cannot come from its last {stages}")
+        self._check_region_stages(stages)
         maps = []
         trunk_map = images
         for position, stage in enumerate(self.trunk):
@@ -174,8 +173,14 @@ class ImageEncoder(nn.Module):
         grid = max((m.shape[-2:] for m in maps), key=lambda size: size[0] * size[1])
         return vectors, torch.cat([F.interpolate(m, size=grid, mode="nearest") for m in maps], dim=1)
 
+    def _check_region_stages(self, stages: int) -> None:
+        if not 1 <= stages < len(self.trunk):
+            raise ConfigError(f"fusion_region_stages {stages}: the trunk has {len(self.trunk)} stages, so regions "
+                              f"can come from its last 1 to {len(self.trunk) - 1}")
+
     def region_channels(self, stages: int = 1) -> int:
         """Channels of :meth:`with_map`'s region map."""
+        self._check_region_stages(stages)
         return sum(_trunk_channels(self.trunk[:len(self.trunk) - n]) for n in range(stages))
 
 
