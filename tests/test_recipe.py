@@ -114,7 +114,7 @@ def write(tmp_path: Path, content: object) -> Path:
     ({"model": {"epochs": 3}}, "model.epochs: unknown field"),
     ({"model": {"pool": "max"}}, "model.pool: 'max' is not one of 'avg', 'grid2'"),
     ({"train": {"lr": "fast"}}, "train.lr: expected a number, got 'fast'"),
-    ({"train": {"epochs": 0}}, "train.epochs: 0 is not in the range 1<=x<=100000"),
+    ({"train": {"epochs": -1}}, "train.epochs: -1 is not in the range 0<=x<=100000"),
     ({"train": {"augment": "no"}}, "train.augment: expected true or false"),
     ({"train": []}, "train: expected an object of TrainConfig fields"),
     ({"stages": {"epochs": 1}}, "stages: expected a list"),

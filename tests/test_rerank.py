@@ -19,7 +19,8 @@ from retrieval.core.checkpoint import checkpoint_summary, load_model, read_check
 from retrieval.core.config import ModelConfig, TrainConfig
 from retrieval.core.errors import ConfigError, QueryError
 from retrieval.core.fusion import DEFAULT_DEPTH, dequantize_regions, quantize_regions
-from retrieval.core.fusion_train import MIX_CHOICES, _draw, fusion_recall, train_fusion, word_vectors
+from retrieval.core.fusion_train import (BANK_SHARPNESS_CHOICES, BANK_WEIGHT_CHOICES, MIX_CHOICES, _draw, fusion_recall,
+                                         train_fusion, word_vectors)
 from retrieval.core.model import DualEncoder
 from retrieval.core.scenes.corpus import export_corpus, load_records, training_items
 from retrieval.core.scenes.quality import swap_pairs
@@ -121,6 +122,74 @@ def test_a_head_trained_alone_takes_the_mix_that_ranks_validation_best(scenes: P
     assert recall[chosen] == max(recall.values())  # R@1 first, then R@10: what the choice maximises
 
 
+@pytest.fixture(scope="module")
+def banked(scenes: Path, models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained head given a query bank of 40 training captions and nothing else (--epochs 0): its mix and
+    the bank's weight chosen on validation."""
+    path = tmp_path_factory.mktemp("banked") / "banked.pt"
+    config = TrainConfig(epochs=0, seed=0)
+    train_fusion(load_model(models[1]), split(scenes, "train", True), split(scenes, "val", False),
+                 ModelConfig(fusion_dim=16, fusion_bank=40), config, path, base=models[1])
+    return path
+
+
+def test_a_query_bank_holds_training_captions_and_its_weight_is_chosen_on_validation(
+        scenes: Path, models: tuple[Path, Path], banked: Path) -> None:
+    model, before = load_model(banked), load_model(models[1])
+    head = model.fusion
+    # --epochs 0 changed nothing else, and the bank is not part of what the index's regions depend on
+    assert model.fusion_identity == before.fusion_identity and model.identity == before.identity
+    assert all(torch.equal(value, before.fusion.state_dict()[key]) for key, value in head.state_dict().items()
+               if not key.startswith("bank"))
+    assert model.config.fusion_bank == 40 and head.bank.shape == (40, model.config.embed_dim)
+    captions = [c for item in split(scenes, "train", False) for c in item.captions]
+    vectors = word_vectors(model, captions)[0]
+    assert (head.bank @ vectors.T).max(dim=1).values.min() > 0.999  # each row is a training caption's vector
+    chosen = (float(head.mix.detach()), float(head.bank_sharpness), float(head.bank_weight))
+    assert chosen[1] in BANK_SHARPNESS_CHOICES and chosen[2] in BANK_WEIGHT_CHOICES
+    val = split(scenes, "val", False)
+    recall = {}
+    for weight in BANK_WEIGHT_CHOICES:
+        head.bank_weight.fill_(weight)
+        t2i = fusion_recall(model, val, depth=DEFAULT_DEPTH)[1].t2i
+        recall[weight] = (t2i.r1, t2i.r10)
+    assert recall[chosen[2]] == max(recall.values())  # at its mix and the chosen sharpness, no weight ranks better
+
+
+def test_a_query_bank_goes_on_a_trained_head_or_with_the_mix_chosen_on_validation(
+        scenes: Path, models: tuple[Path, Path], tmp_path: Path) -> None:
+    for model, bank, epochs, message in ((models[1], 5, 1, "needs --fusion-mix-on-validation"),
+                                         (models[1], 0, 0, "only adds a query bank"),
+                                         (models[0], 5, 0, "only adds a query bank")):  # to a head it has
+        with pytest.raises(ConfigError, match=message):
+            train_fusion(load_model(model), split(scenes, "train", True)[:10], split(scenes, "val", False)[:5],
+                         ModelConfig(fusion_dim=16, fusion_bank=bank), TrainConfig(epochs=epochs), tmp_path / "x.pt")
+    with pytest.raises(ConfigError, match="--epochs 0 trains nothing"):  # a dual encoder must train
+        train(split(scenes, "train", False)[:10], split(scenes, "val", False)[:5], MODEL, TrainConfig(epochs=0),
+              tmp_path / "y.pt")
+
+
+def test_search_lowers_each_candidate_by_its_hubness_over_the_bank(indexed: Path, banked: Path) -> None:
+    """On the index built before the head had a bank: the same query with the bank's weight at 0 and at 1,
+    every re-ranked score drops by exactly the candidate's hubness, log(sum exp(sharpness x cosine to each bank
+    caption)) / sharpness, computed here from the index's stored vector; the candidates stay the first stage's."""
+    with SearchEngine.open(indexed, model=banked) as engine:
+        head = engine._text_model.fusion
+        scores = {}
+        for weight in (0.0, 1.0):
+            head.bank_weight.fill_(weight)
+            hits = engine.search("a small red circle", k=30, rerank=30)
+            assert [h.stage for h in hits] == ["rerank"] * 30
+            scores[weight] = {h.id: h.score for h in hits}
+        assert set(scores[0.0]) == set(scores[1.0]) == {h.id for h in engine.search("a small red circle", k=30,
+                                                                                      rerank=0)}
+        ids, vectors = engine.store.vectors(list(scores[0.0]))
+        sharpness = float(head.bank_sharpness)
+        hubness = torch.logsumexp(sharpness * torch.from_numpy(vectors) @ head.bank.T, dim=1) / sharpness
+        assert [scores[0.0][i] - scores[1.0][i] for i in ids.tolist()] == pytest.approx(hubness.tolist(), abs=1e-5)
+        assert hubness.std() > 1e-3  # images differ in hubness, so the bank can re-order them
+
+
 def test_quantized_regions_keep_their_direction() -> None:
     regions = torch.nn.functional.normalize(torch.randn(5, 9, 64), dim=-1)
     codes = quantize_regions(regions)
@@ -193,6 +262,9 @@ def test_rerank_is_a_permutation_of_the_first_stage_top_n(indexed: Path, models:
         assert sorted(h.id for h in second) == sorted(h.id for h in first)
         assert all(h.stage == "rerank" for h in second)
         assert {h.id: h.first_score for h in second} == pytest.approx({h.id: h.score for h in first})
+        # one text pass serves both stages: its vector is the one encode_text gives
+        assert [(h.id, h.score) for h in engine.search_vector(engine.encode_text([query])[0], 30)] == \
+            [(h.id, pytest.approx(h.score, abs=1e-6)) for h in first]
         assert [h.score for h in second] == sorted((h.score for h in second), reverse=True)
         assert [h.id for h in second] != [h.id for h in first]  # it did re-order
         assert default[0].stage == "rerank"  # on by default when the model has a head

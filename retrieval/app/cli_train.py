@@ -113,10 +113,11 @@ class TrainProgress:
                        f"{event.metrics.rsum:.1f}{' (best, saved)' if event.best else ''}"
                        f"{'  WARNING: embeddings collapsed' if event.collapsed else ''}", err=True)
         elif isinstance(event, FusionEpoch):
-            click.echo(f"fusion epoch {event.epoch}: loss {event.loss:.4f}, {event.seconds:.0f} s, val t2i R@1 "
-                       f"{event.first:.1f} -> {event.reranked:.1f} re-ranked (mix {event.mix:.2f})"
-                       f"{' (best, saved)' if event.best else ''}",
-                       err=True)
+            done = f"fusion epoch {event.epoch}: loss {event.loss:.4f}, {event.seconds:.0f} s" if event.epoch \
+                else "fusion head as it was, with a query bank"
+            bank = "" if event.bank_weight is None else f", query bank weight {event.bank_weight:.2f}"
+            click.echo(f"{done}, val t2i R@1 {event.first:.1f} -> {event.reranked:.1f} re-ranked (mix {event.mix:.2f}"
+                       f"{bank}){' (best, saved)' if event.best else ''}", err=True)
         else:
             self.bar = self.bar or ProgressBar("batch", desc=f"epoch {event.epoch}")
             self.bar.update(event.step, event.steps, f"loss={event.loss:.3f}, img_s={event.images_per_s:.0f}")

@@ -212,14 +212,15 @@ class SearchEngine:
         head and the index its regions, 0: off."""
         if not isinstance(text, str) or not any(ch.isprintable() and not ch.isspace() for ch in text):
             raise QueryError("the query is empty; describe the image you are looking for")
-        vector = self.encode_text([text])[0]
         with self._lock, self.store.snapshot():  # the regions of the same committed state as the hits
+            query = second.encode_query(self._text_model, text)  # one text pass for both stages
             depth = second.rerank_depth(rerank, self._text_model, self.index.meta.fusion)
-            hits = self.search_vector(vector, max(k, depth), min_score=min_score, where=where, glob=glob)
+            hits = self.search_vector(query.vector, max(k, depth), min_score=min_score, where=where, glob=glob)
             if not depth:
                 return hits[:k]
-            regions = self.store.regions([hit.id for hit in hits])
-            return second.rerank(self._text_model, text, hits, regions, k)
+            ids = [hit.id for hit in hits]
+            vectors = dict(zip(*self.store.vectors(ids))) if self._text_model.fusion.bank is not None else None
+            return second.rerank(self._text_model, query, hits, self.store.regions(ids), k, vectors)
 
     def search_image(self, image: str | os.PathLike | bytes | Image.Image, k: int = 10, *,
                      min_score: float | None = None, where: str | None = None, glob: str | None = None) -> list[Hit]:

@@ -23,6 +23,7 @@ from retrieval.core.tokenizer import Vocabulary
 
 FORMAT = "vlsearch-checkpoint"
 FUSION_PREFIX = "fusion"  # state-dict keys and config fields of the fusion head
+BANK_PREFIX = "fusion.bank"  # its query bank's (retrieval.core.fusion: bank, bank_sharpness, bank_weight)
 VERSION = 1
 
 
@@ -36,11 +37,14 @@ def model_identity(config: dict[str, Any], vocab: list[str], state_dict: dict[st
 
 
 def fusion_identity(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
-    """A content hash of the fusion head ("" for a model without one): the region vectors depend on it."""
-    state = {k: v for k, v in state_dict.items() if k.startswith(FUSION_PREFIX)}
+    """A content hash of the fusion head ("" for a model without one): the region vectors depend on it.
+
+    Its query bank is left out: it scores stored vectors at query time, so adding one keeps the regions of
+    every index built with the head valid."""
+    state = {k: v for k, v in state_dict.items() if k.startswith(FUSION_PREFIX) and not k.startswith(BANK_PREFIX)}
     if not state:
         return ""
-    return _digest({k: v for k, v in config.items() if k.startswith(FUSION_PREFIX)}, [], state)
+    return _digest({k: v for k, v in config.items() if k.startswith(FUSION_PREFIX) and k != "fusion_bank"}, [], state)
 
 
 def _digest(config: dict[str, Any], vocab: list[str], state_dict: dict[str, torch.Tensor]) -> str:

@@ -90,6 +90,10 @@ class ModelConfig:
         "help": "Fusion head: how many of the trunk's last stages describe each region. 1: the last stage's map; "
                 "2: the stage before it too, at its grid (finer for a ResNet: 4x the regions to store and score), "
                 "the last map repeated over it.", "min": 1, "max": 4})
+    fusion_bank: int = field(default=0, metadata={
+        "help": "Fusion head: keep this many training captions' vectors as a query bank; re-ranking then lowers "
+                "images that match most captions (hubs) by how strongly they match the bank, by a weight chosen "
+                "on validation (querybank normalisation; 0: none).", "min": 0, "max": 100000})
     tf_padding: bool = field(default=False, metadata={
         "help": "Pad strided convolutions as TensorFlow's SAME does (0 before, 1 after at even sizes): for "
                 "weights converted from TensorFlow."})
@@ -122,7 +126,9 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings for :func:`retrieval.core.train.train` (``metadata``: as in :class:`ModelConfig`)."""
 
-    epochs: int = field(default=30, metadata={"help": "Passes over the training images.", "min": 1, "max": 100000})
+    epochs: int = field(default=30, metadata={
+        "help": "Passes over the training images (0: only in a --fusion-stage, to give a model's trained head a "
+                "query bank, --fusion-bank, and nothing else).", "min": 0, "max": 100000})
     batch_size: int = field(default=128, metadata={"help": "Images per step.", "min": 2, "max": 100000})
     lr: float = field(default=2e-4, metadata={
         "help": "Learning rate of new layers (projections, text branch, a from-scratch backbone).",

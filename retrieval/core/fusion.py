@@ -8,6 +8,11 @@ vectors and scores text-to-image attention (SCAN, Lee et al. 2018):
     word t -> cosine to every region -> softmax(attention x cosine) -> attended region vector a_t
     relevance r_t = cos(word t, a_t)  ->  pooled over words: log(mean exp(pool x r_t)) / pool  (0: mean)
     score = (1 - mix) x fused + mix x global cosine of the dual encoder   (mix learned, in (0, 1))
+            - bank_weight x hubness(image)                                  (only with a query bank)
+
+A dual encoder fitted to its training photos makes some images "hubs" that come near every caption. With
+``fusion_bank`` the head keeps training captions' vectors, and an image's hubness is a soft maximum of its
+cosines to them (querybank normalisation, Bogolin et al. 2022: the inverted softmax, as a per-image term).
 
 Every part is a cosine or a convex mix of cosines, so a score lies in [-1, 1] like the first stage's.
 Regions are projected (and position-coded) once, at index time, to ``fusion_dim`` and stored; a query
@@ -77,10 +82,27 @@ class FusionHead(nn.Module):
         self.words = WordProjector(state_dim, config.fusion_dim)
         self.mix_logit = nn.Parameter(torch.tensor(0.0))  # share of the global cosine in the score
         self.logit_scale = nn.Parameter(torch.tensor(math.log(20.0)))  # training only: softmax sharpness
+        self.register_buffer("bank", None)  # [B, D] unit caption vectors (set_bank), or None: no query bank
+        self.register_buffer("bank_sharpness", None)
+        self.register_buffer("bank_weight", None)  # of the hubness in the score: chosen on validation images
+        if config.fusion_bank:
+            self.set_bank(torch.zeros(config.fusion_bank, config.embed_dim))
 
     @property
     def mix(self) -> torch.Tensor:
         return torch.sigmoid(self.mix_logit)
+
+    def set_bank(self, captions: torch.Tensor, sharpness: float = 20.0, weight: float = 0.0) -> None:
+        """Keep ``captions`` [B, D] (unit vectors of training captions) as the query bank."""
+        self.bank = captions.detach().float().clone()
+        self.bank_sharpness, self.bank_weight = torch.tensor(float(sharpness)), torch.tensor(float(weight))
+
+    def hubness(self, vectors: torch.Tensor) -> torch.Tensor | None:
+        """Image vectors [..., D] (unit) -> how strongly each matches the bank's captions at once [...]:
+        log(sum exp(sharpness x cosine)) / sharpness; None without a bank."""
+        if self.bank is None:
+            return None
+        return torch.logsumexp(self.bank_sharpness * (vectors.float() @ self.bank.T), dim=-1) / self.bank_sharpness
 
     def fused(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         """words [..., L, d], lengths [...], regions [..., R, d] (unit vectors; leading dims broadcast) -> [...]."""
@@ -96,14 +118,17 @@ class FusionHead(nn.Module):
         return 1 + torch.log(weights.sum(-1) / count) / self.pool
 
     def score(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
-              global_score: torch.Tensor) -> torch.Tensor:
-        """Final score of each pair (same broadcasting as :meth:`fused`; ``global_score`` the dual encoder's)."""
-        return (1 - self.mix) * self.fused(words, lengths, regions) + self.mix * global_score
+              global_score: torch.Tensor, hubness: torch.Tensor | None = None) -> torch.Tensor:
+        """Final score of each pair (same broadcasting as :meth:`fused`; ``global_score`` the dual encoder's,
+        ``hubness`` the image's (:meth:`hubness`; None: not lowered, as in training))."""
+        score = (1 - self.mix) * self.fused(words, lengths, regions) + self.mix * global_score
+        return score if hubness is None or self.bank_weight is None else score - self.bank_weight * hubness
 
     def score_matrix(self, words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
-                     global_scores: torch.Tensor) -> torch.Tensor:
-        """words [B, L, d], lengths [B], regions [N, R, d], global_scores [B, N] -> scores [B, N]."""
-        return self.score(words[:, None], lengths[:, None], regions[None], global_scores)
+                     global_scores: torch.Tensor, hubness: torch.Tensor | None = None) -> torch.Tensor:
+        """words [B, L, d], lengths [B], regions [N, R, d], global_scores [B, N], hubness [N] -> scores [B, N]."""
+        return self.score(words[:, None], lengths[:, None], regions[None], global_scores,
+                          None if hubness is None else hubness[None])
 
 
 def quantize_regions(regions: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,8 @@ from retrieval.core.transforms import prepare_batch
 
 EVAL_RERANK = 20  # validation re-ranks each caption's top 20 (cheap; search defaults to more)
 MIX_CHOICES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the first-stage score's share: 0.05 ... 0.95
+BANK_SHARPNESS_CHOICES = (10.0, 20.0, 30.0, 50.0)  # with a query bank: the hubness's soft maximum
+BANK_WEIGHT_CHOICES = (0.0, 0.25, 0.5, 0.75, 1.0)  # and its weight in the score (0: the bank unused)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class FusionEpoch:
     reranked: float  # the same after re-ranking
     best: bool
     mix: float  # the first-stage score's share in the head's score
+    bank_weight: float | None = None  # the query bank's hubness weight (None: no bank)
 
 
 @dataclass
@@ -95,29 +98,32 @@ def _first_stage_top(similarity: np.ndarray, depth: int) -> np.ndarray:
 
 
 def rerank_order(head: FusionHead, similarity: np.ndarray, words: torch.Tensor, lengths: torch.Tensor,
-                 regions: torch.Tensor, depth: int, chunk: int = 256) -> np.ndarray:
+                 regions: torch.Tensor, depth: int, hubness: torch.Tensor | None = None, chunk: int = 256
+                 ) -> np.ndarray:
     """[C, depth] image rows: each caption's first-stage top ``depth`` as the head re-orders them, best first.
 
-    similarity [C, I] (first stage), words [C, L, d], lengths [C], regions [I, R, d]."""
+    similarity [C, I] (first stage), words [C, L, d], lengths [C], regions [I, R, d], hubness [I] or None."""
     top = _first_stage_top(similarity, depth)  # [C, N]
     with torch.inference_mode():
         for start in range(0, len(top), chunk):
             rows = slice(start, start + chunk)
             candidates = torch.from_numpy(top[rows])
             first = torch.from_numpy(np.take_along_axis(similarity[rows], top[rows], axis=1))
-            scores = head.score(words[rows, None], lengths[rows, None], regions[candidates], first)  # [b, N]
+            scores = head.score(words[rows, None], lengths[rows, None], regions[candidates], first,
+                                None if hubness is None else hubness[candidates])  # [b, N]
             order = torch.argsort(scores, dim=1, descending=True, stable=True).numpy()
             top[rows] = np.take_along_axis(top[rows], order, axis=1)
     return top
 
 
 def rerank_ranks(head: FusionHead, similarity: np.ndarray, caption_image: np.ndarray, words: torch.Tensor,
-                 lengths: torch.Tensor, regions: torch.Tensor, depth: int) -> np.ndarray:
+                 lengths: torch.Tensor, regions: torch.Tensor, depth: int, hubness: torch.Tensor | None = None
+                 ) -> np.ndarray:
     """0-based rank of each caption's image after the head re-orders the first stage's top ``depth``
     (:func:`rerank_order`). An image outside the top ``depth`` keeps its first-stage rank (re-ranking
     cannot reach it)."""
     ranks = t2i_ranks(similarity, caption_image)
-    hit = rerank_order(head, similarity, words, lengths, regions, depth) == caption_image[:, None]
+    hit = rerank_order(head, similarity, words, lengths, regions, depth, hubness) == caption_image[:, None]
     found = hit.any(axis=1)
     ranks[found] = hit.argmax(axis=1)[found]
     return ranks
@@ -125,7 +131,8 @@ def rerank_ranks(head: FusionHead, similarity: np.ndarray, caption_image: np.nda
 
 def _attach_head(model: DualEncoder, model_config: ModelConfig) -> FusionHead:
     """Give ``model`` a fresh head with ``model_config``'s fusion settings, or keep the one it has -- its
-    regions widened when ``model_config`` asks for more trunk stages than they have (RegionProjector.widen)."""
+    regions widened when ``model_config`` asks for more trunk stages than they have (RegionProjector.widen),
+    and a query bank of the size it asks for (kept when it asks for none)."""
     stages = model_config.fusion_region_stages
     if model.fusion is None:
         if not model_config.fusion_dim:
@@ -137,6 +144,9 @@ def _attach_head(model: DualEncoder, model_config: ModelConfig) -> FusionHead:
         had = model.config.fusion_region_stages
         model.fusion.regions.widen(model.image.region_channels(stages) - model.image.region_channels(had))
         model.config = replace(model.config, fusion_region_stages=stages)
+    if model_config.fusion_bank and model_config.fusion_bank != model.config.fusion_bank:
+        model.fusion.set_bank(torch.zeros(model_config.fusion_bank, model.config.embed_dim))
+        model.config = replace(model.config, fusion_bank=model_config.fusion_bank)
     model.requires_grad_(False)
     model.fusion.requires_grad_(True)
     return model.fusion
@@ -167,29 +177,62 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
                  base: str | Path | None = None, on_event: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Train ``model``'s fusion head (created from ``model_config`` if it has none), keep the best epoch by
     validation R@1 after re-ranking, and save it: into ``base``'s payload when given (the dual encoder's
-    stored tensors and identity unchanged), else as a whole checkpoint. Returns the best epoch's figures."""
+    stored tensors and identity unchanged), else as a whole checkpoint. Returns the best epoch's figures.
+    With ``config.epochs`` 0 nothing is trained or changed: the head only gets a query bank, its weight chosen
+    on validation, so its identity and the indexes built with it stay valid."""
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = model.cpu().eval()
+    if not config.epochs and (model.fusion is None or not (model_config.fusion_bank or model.config.fusion_bank)):
+        raise ConfigError("--epochs 0 only adds a query bank (--fusion-bank N) to a model's trained fusion head")
     head = _attach_head(model, model_config)
+    if config.epochs and head.bank is not None and not config.fusion_mix_on_validation:
+        raise ConfigError("a query bank (--fusion-bank) needs --fusion-mix-on-validation: its weight is chosen "
+                          "on the validation images")
     if config.fusion_mix_on_validation:
         head.mix_logit.requires_grad_(False)
-    train_images, failed = encode_maps(model, train_items)
-    train_items = [train_items[i] for i in kept_rows(len(train_items), failed)]
     val_images, val_failed = encode_maps(model, val_items)
     val_items = [val_items[i] for i in kept_rows(len(val_items), val_failed)]
+    best: dict[str, Any] | None = None
 
+    def measure(epoch: int) -> FusionEpoch:
+        nonlocal best
+        if config.fusion_mix_on_validation or not epoch:
+            choose_mix(model, val_items, val_images, keep_mix=not epoch)
+        first, reranked = fusion_recall(model, val_items, val_images, EVAL_RERANK)
+        improved = best is None or reranked.t2i.r1 > best["reranked"]["t2i"]["r1"]
+        if improved:
+            best = {"epoch": epoch, "first": first.to_dict(), "reranked": reranked.to_dict(), "depth": EVAL_RERANK,
+                    "mix": float(head.mix.detach())}
+            if head.bank is not None:
+                best.update(bank=len(head.bank), bank_weight=float(head.bank_weight),
+                            bank_sharpness=float(head.bank_sharpness))
+            save_fusion(model, out_path, base, metrics={"fusion_val": best}, half=config.save_half)
+        return FusionEpoch(epoch, 0.0, 0.0, first.t2i.r1, reranked.t2i.r1, improved, float(head.mix.detach()),
+                           None if head.bank is None else float(head.bank_weight))
+
+    if not config.epochs:
+        if head.bank is not None:
+            head.set_bank(_bank_sample(model, train_items, len(head.bank)))
+        event = measure(0)
+        if on_event:
+            on_event(event)
+        assert best is not None
+        return best
+    train_images, failed = encode_maps(model, train_items)
+    train_items = [train_items[i] for i in kept_rows(len(train_items), failed)]
     captions = [c for item in train_items for c in item.captions]
     caption_image = np.repeat(np.arange(len(train_items)), [len(item.captions) for item in train_items])
     swaps = [negs for item in train_items for negs in (item.caption_negatives or [[]] * len(item.captions))]
     caption_vectors = torch.from_numpy(encode_texts(model, captions))
     pool = max(config.fusion_negatives, config.fusion_negative_pool)
     negatives = _hard_negatives(caption_vectors, train_images.vectors, caption_image, pool)  # [C, P]
+    if head.bank is not None:
+        head.set_bank(_bank_sample(model, train_items, len(head.bank), caption_vectors))
 
     optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     steps = math.ceil(len(captions) / config.batch_size)
-    best: dict[str, Any] | None = None
     for epoch in range(1, config.epochs + 1):
         if config.fusion_mix_on_validation:
             with torch.no_grad():
@@ -204,20 +247,21 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
                            chosen, train_images, config.grad_clip)
             if on_event and step % 20 == 0:
                 on_event(f"epoch {epoch} step {step + 1}/{steps} loss {total / (step + 1):.4f}")
-        if config.fusion_mix_on_validation:
-            choose_mix(model, val_items, val_images)
-        first, reranked = fusion_recall(model, val_items, val_images, EVAL_RERANK)
-        improved = best is None or reranked.t2i.r1 > best["reranked"]["t2i"]["r1"]
-        event = FusionEpoch(epoch, total / steps, time.perf_counter() - started, first.t2i.r1, reranked.t2i.r1,
-                            improved, float(head.mix.detach()))
-        if improved:
-            best = {"epoch": epoch, "first": first.to_dict(), "reranked": reranked.to_dict(), "depth": EVAL_RERANK,
-                    "mix": float(head.mix.detach())}
-            save_fusion(model, out_path, base, metrics={"fusion_val": best}, half=config.save_half)
+        event = replace(measure(epoch), loss=total / steps, seconds=time.perf_counter() - started)
         if on_event:
             on_event(event)
     assert best is not None
     return best
+
+
+def _bank_sample(model: DualEncoder, items: Sequence[ImageCaptions], size: int,
+                 vectors: torch.Tensor | None = None) -> torch.Tensor:
+    """[size, D] vectors of training captions drawn at random (``vectors``: all of them, encoded already)."""
+    if vectors is None:
+        captions = [c for item in items for c in item.captions]
+        chosen = torch.randperm(len(captions))[:size].tolist()
+        return torch.from_numpy(encode_texts(model, [captions[i] for i in chosen]))
+    return vectors[torch.randperm(len(vectors))[:size]]
 
 
 def _step(model: DualEncoder, head: FusionHead, optimizer: torch.optim.Optimizer, rows: torch.Tensor,
@@ -253,40 +297,69 @@ def _step(model: DualEncoder, head: FusionHead, optimizer: torch.optim.Optimizer
     return float(loss.detach())
 
 
-def _rerank_inputs(model: DualEncoder, items: Sequence[ImageCaptions], images: EncodedImages
-                   ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What measuring re-ranking on ``items`` needs: caption vectors [C, D], first-stage similarity [C, I],
-    each caption's image row [C], the head's word vectors [C, L, d] and lengths [C], and regions [I, R, d]."""
+@dataclass
+class RerankInputs:
+    """What measuring re-ranking on a set of images and their captions needs."""
+    vectors: torch.Tensor  # [C, D] the captions'
+    similarity: np.ndarray  # [C, I] the first stage's
+    caption_image: np.ndarray  # [C] each caption's image row
+    words: torch.Tensor  # [C, L, d] the head's word vectors
+    lengths: torch.Tensor  # [C]
+    regions: torch.Tensor  # [I, R, d]
+    hubness: torch.Tensor | None  # [I] with a query bank
+
+
+def _rerank_inputs(model: DualEncoder, items: Sequence[ImageCaptions], images: EncodedImages) -> RerankInputs:
     captions = [c for item in items for c in item.captions]
     caption_image = np.repeat(np.arange(len(items)), [len(item.captions) for item in items])
     vectors, words, lengths = word_vectors(model, captions)
     with torch.inference_mode():
         regions = model.fusion.regions(images.maps.float())
-    return vectors, (vectors @ images.vectors.T).numpy(), caption_image, words, lengths, regions
+        hubness = model.fusion.hubness(images.vectors)
+    return RerankInputs(vectors, (vectors @ images.vectors.T).numpy(), caption_image, words, lengths, regions,
+                        hubness)
 
 
 def choose_mix(model: DualEncoder, items: Sequence[ImageCaptions], images: EncodedImages,
-               depth: int = DEFAULT_DEPTH) -> float:
+               depth: int = DEFAULT_DEPTH, keep_mix: bool = False) -> float:
     """Set the head's mix to the choice (:data:`MIX_CHOICES`) that re-ranks ``items`` best -- R@1 of each
-    caption's top ``depth``, then R@10 -- and return it. For a head trained on its own score alone: on
-    training images the dual encoder's score is better than anywhere else, so a mix learned there trusts
-    it too much."""
+    caption's top ``depth``, then R@10 -- and return it; with a query bank, its sharpness and weight
+    (:data:`BANK_SHARPNESS_CHOICES`, :data:`BANK_WEIGHT_CHOICES`) are chosen with it (``keep_mix``: only
+    those). For a head trained on its own score alone: on training images the dual encoder's score is better
+    than anywhere else, so a mix learned there trusts it too much; and the hubs a bank corrects are a
+    property of unseen images."""
     head = model.fusion.eval()
-    _, similarity, caption_image, words, lengths, regions = _rerank_inputs(model, items, images)
-    top = _first_stage_top(similarity, depth)  # [C, N]
+    inputs = _rerank_inputs(model, items, images)
+    top = _first_stage_top(inputs.similarity, depth)  # [C, N]
     with torch.inference_mode():
-        fused = torch.cat([head.fused(words[rows, None], lengths[rows, None], regions[torch.from_numpy(top[rows])])
+        fused = torch.cat([head.fused(inputs.words[rows, None], inputs.lengths[rows, None],
+                                      inputs.regions[torch.from_numpy(top[rows])])
                            for rows in (slice(s, s + 256) for s in range(0, len(top), 256))]).numpy()
-    first = np.take_along_axis(similarity, top, axis=1)
-    own = top == caption_image[:, None]
+    first = np.take_along_axis(inputs.similarity, top, axis=1)
+    own = top == inputs.caption_image[:, None]
+    mixes = [float(head.mix.detach())] if keep_mix else MIX_CHOICES
+    choices = [(mix, 0.0, 0.0) for mix in mixes]
+    hubness = {}  # sharpness -> [C, N] each candidate's hubness
+    if head.bank is not None:
+        choices = [(mix, sharpness, weight) for mix in mixes for sharpness in BANK_SHARPNESS_CHOICES
+                   for weight in BANK_WEIGHT_CHOICES]
+        for sharpness in BANK_SHARPNESS_CHOICES:
+            head.bank_sharpness.fill_(sharpness)
+            hubness[sharpness] = head.hubness(images.vectors).numpy()[top]
 
-    def recall(mix: float) -> tuple[float, float]:
-        hit = np.take_along_axis(own, np.argsort(-((1 - mix) * fused + mix * first), axis=1, kind="stable"), axis=1)
+    def recall(choice: tuple[float, float, float]) -> tuple[float, float]:
+        mix, sharpness, weight = choice
+        score = (1 - mix) * fused + mix * first - (weight * hubness[sharpness] if weight else 0)
+        hit = np.take_along_axis(own, np.argsort(-score, axis=1, kind="stable"), axis=1)
         return float(hit[:, :1].any(axis=1).mean()), float(hit[:, :10].any(axis=1).mean())
 
-    mix = max(MIX_CHOICES, key=recall)
+    mix, sharpness, weight = max(choices, key=recall)
     with torch.no_grad():
-        head.mix_logit.fill_(math.log(mix / (1 - mix)))
+        if not keep_mix:  # (kept, its stored value stays bit for bit: the head's identity with it)
+            head.mix_logit.fill_(math.log(mix / (1 - mix)))
+        if head.bank is not None:
+            head.bank_sharpness.fill_(sharpness)
+            head.bank_weight.fill_(weight)
     return mix
 
 
@@ -301,9 +374,10 @@ def fusion_recall(model: DualEncoder, items: Sequence[ImageCaptions], images: En
     if images is None:
         images, failed = encode_maps(model, items)
         items = [items[i] for i in kept_rows(len(items), failed)]
-    vectors, similarity, caption_image, words, lengths, regions = _rerank_inputs(model, items, images)
-    first = folded_metrics(images.vectors.numpy(), vectors.numpy(), caption_image)
-    ranks = rerank_ranks(head, similarity, caption_image, words, lengths, regions, depth)
+    inputs = _rerank_inputs(model, items, images)
+    first = folded_metrics(images.vectors.numpy(), inputs.vectors.numpy(), inputs.caption_image)
+    ranks = rerank_ranks(head, inputs.similarity, inputs.caption_image, inputs.words, inputs.lengths,
+                         inputs.regions, depth, inputs.hubness)
     hits = lambda k: float(100.0 * np.mean(ranks < k))  # noqa: E731
     second = replace(first, t2i=replace(first.t2i, r1=hits(1), r5=hits(5), r10=hits(10),
                                         medr=float(np.floor(np.median(ranks)) + 1), meanr=float(ranks.mean() + 1)))
@@ -321,7 +395,11 @@ def save_fusion(model: DualEncoder, out_path: str | Path, base: str | Path | Non
     stored = next((v.dtype for v in payload["state_dict"].values() if v.is_floating_point()), torch.float32)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith("fusion.")}
     state = {k: v.to(stored) if v.is_floating_point() else v for k, v in state.items()}
-    fusion_config = {k: v for k, v in asdict(model.config).items() if k.startswith("fusion")}
+    # the settings that differ from what the stored file says (a key it lacks loads as the default): a head
+    # saved unchanged keeps its identity
+    stored_config, defaults = payload["config"], asdict(ModelConfig())
+    fusion_config = {k: v for k, v in asdict(model.config).items()
+                     if k.startswith("fusion") and stored_config.get(k, defaults[k]) != v}
     payload = {**payload, "config": {**payload["config"], **fusion_config},
                "state_dict": {**{k: v for k, v in payload["state_dict"].items() if not k.startswith("fusion.")},
                               **state},

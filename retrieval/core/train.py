@@ -181,6 +181,9 @@ def train(train_items: Sequence[ImageCaptions], val_items: Sequence[ImageCaption
     whose ``freeze_backbone`` still says whether this run trains the trunk (with ``feature_cache``, a
     frozen-trunk run costs one forward pass per image, then trains the heads ~10x faster).
     """
+    if config.epochs < 1:
+        raise ConfigError("--epochs 0 trains nothing; only a --fusion-stage takes it (to make its choices on "
+                          "validation)")
     if not val_items:
         train_items, val_items = hold_out(train_items, config.seed)
     if not train_items:
