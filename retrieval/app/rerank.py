@@ -66,10 +66,12 @@ def rerank(model: DualEncoder, query: Query, hits: Sequence[Hit], regions: dict[
         return list(hits[:k])
     dim = head.words.proj.out_features
     codes = np.stack([np.frombuffer(regions[hit.id], dtype=np.int8).reshape(-1, dim) for hit in hits])
+    device = query.words.device  # the model's: stored codes and vectors are read onto it
     with torch.inference_mode():
-        first = torch.tensor([[hit.score for hit in hits]], dtype=torch.float32)  # [1, N]
-        hubness = head.hubness(torch.from_numpy(np.stack([vectors[hit.id] for hit in hits]))) if banked else None
-        scores = head.score_matrix(query.words, query.lengths, dequantize_regions(torch.from_numpy(codes)), first,
-                                   hubness)[0]
+        first = torch.tensor([[hit.score for hit in hits]], dtype=torch.float32, device=device)  # [1, N]
+        hubness = head.hubness(torch.from_numpy(np.stack([vectors[hit.id] for hit in hits])).to(device)) \
+            if banked else None  # [N]
+        region_vectors = dequantize_regions(torch.from_numpy(codes).to(device))  # [N, R, d]
+        scores = head.score_matrix(query.words, query.lengths, region_vectors, first, hubness)[0].cpu()
     order = torch.argsort(scores, descending=True, stable=True)[:k].tolist()
     return [replace(hits[i], score=float(scores[i]), stage="rerank", first_score=hits[i].score) for i in order]
