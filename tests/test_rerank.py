@@ -158,9 +158,11 @@ def test_a_query_bank_holds_training_captions_and_its_weight_is_chosen_on_valida
 
 def test_a_query_bank_goes_on_a_trained_head_or_with_the_mix_chosen_on_validation(
         scenes: Path, models: tuple[Path, Path], tmp_path: Path) -> None:
+    captions = sum(len(item.captions) for item in split(scenes, "train", True)[:10])
     for model, bank, epochs, message in ((models[1], 5, 1, "needs --fusion-mix-on-validation"),
                                          (models[1], 0, 0, "only adds a query bank"),
-                                         (models[0], 5, 0, "only adds a query bank")):  # to a head it has
+                                         (models[0], 5, 0, "only adds a query bank"),  # to a head it has
+                                         (models[1], captions + 1, 0, f"has only {captions} captions")):
         with pytest.raises(ConfigError, match=message):
             train_fusion(load_model(model), split(scenes, "train", True)[:10], split(scenes, "val", False)[:5],
                          ModelConfig(fusion_dim=16, fusion_bank=bank), TrainConfig(epochs=epochs), tmp_path / "x.pt")

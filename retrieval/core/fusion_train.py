@@ -189,6 +189,8 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
     if config.epochs and head.bank is not None and not config.fusion_mix_on_validation:
         raise ConfigError("a query bank (--fusion-bank) needs --fusion-mix-on-validation: its weight is chosen "
                           "on the validation images")
+    if head.bank is not None:  # captions are text: those of photos that fail to decode serve as well
+        head.set_bank(_bank_sample(model, train_items, len(head.bank)))
     if config.fusion_mix_on_validation:
         head.mix_logit.requires_grad_(False)
     val_images, val_failed = encode_maps(model, val_items)
@@ -212,8 +214,6 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
                            None if head.bank is None else float(head.bank_weight))
 
     if not config.epochs:
-        if head.bank is not None:
-            head.set_bank(_bank_sample(model, train_items, len(head.bank)))
         event = measure(0)
         if on_event:
             on_event(event)
@@ -227,8 +227,6 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
     caption_vectors = torch.from_numpy(encode_texts(model, captions))
     pool = max(config.fusion_negatives, config.fusion_negative_pool)
     negatives = _hard_negatives(caption_vectors, train_images.vectors, caption_image, pool)  # [C, P]
-    if head.bank is not None:
-        head.set_bank(_bank_sample(model, train_items, len(head.bank), caption_vectors))
 
     optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -254,14 +252,13 @@ def train_fusion(model: DualEncoder, train_items: Sequence[ImageCaptions], val_i
     return best
 
 
-def _bank_sample(model: DualEncoder, items: Sequence[ImageCaptions], size: int,
-                 vectors: torch.Tensor | None = None) -> torch.Tensor:
-    """[size, D] vectors of training captions drawn at random (``vectors``: all of them, encoded already)."""
-    if vectors is None:
-        captions = [c for item in items for c in item.captions]
-        chosen = torch.randperm(len(captions))[:size].tolist()
-        return torch.from_numpy(encode_texts(model, [captions[i] for i in chosen]))
-    return vectors[torch.randperm(len(vectors))[:size]]
+def _bank_sample(model: DualEncoder, items: Sequence[ImageCaptions], size: int) -> torch.Tensor:
+    """[size, D] unit vectors of ``size`` training captions drawn at random."""
+    captions = [c for item in items for c in item.captions]
+    if len(captions) < size:
+        raise ConfigError(f"--fusion-bank {size}: the training split has only {len(captions)} captions")
+    chosen = torch.randperm(len(captions))[:size].tolist()
+    return torch.from_numpy(encode_texts(model, [captions[i] for i in chosen]))
 
 
 def _step(model: DualEncoder, head: FusionHead, optimizer: torch.optim.Optimizer, rows: torch.Tensor,
